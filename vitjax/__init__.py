@@ -1,0 +1,3 @@
+"""vitjax: vision transformers in JAX/Flax."""
+
+__version__ = "0.1.0"
