@@ -1,0 +1,43 @@
+"""Position embeddings: fixed 2D sin-cos and resampling of learned ones."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def sincos_posemb_2d(h: int, w: int, dim: int, temperature: float = 10_000.0):
+  """2D sin-cos embedding (MoCo v3 / big_vision layout): [1, h*w, dim]."""
+  if dim % 4:
+    raise ValueError(f"sin-cos 2D position embedding needs dim % 4 == 0, got {dim}")
+  y, x = np.mgrid[:h, :w]
+  omega = np.arange(dim // 4) / (dim // 4 - 1 if dim > 4 else 1)
+  omega = 1.0 / (temperature ** omega)
+  y = np.einsum("m,d->md", y.flatten(), omega)
+  x = np.einsum("m,d->md", x.flatten(), omega)
+  pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+  return jnp.asarray(pe, jnp.float32)[None]
+
+
+def resample_posemb(posemb, new_grid, num_prefix_tokens: int = 0,
+                    old_grid=None, method: str = "bilinear"):
+  """Resizes a learned [1, prefix + h*w, D] position embedding to `new_grid`.
+
+  The prefix tokens (class / distillation) are kept as they are; the grid part
+  is interpolated, as needed to fine-tune at another resolution.
+  """
+  posemb = jnp.asarray(posemb)
+  prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
+  n = grid.shape[1]
+  if old_grid is None:
+    side = int(round(np.sqrt(n)))
+    if side * side != n:
+      raise ValueError(f"Cannot infer a square grid from {n} position tokens.")
+    old_grid = (side, side)
+  new_grid = tuple(new_grid)
+  if tuple(old_grid) == new_grid:
+    return posemb
+  d = grid.shape[-1]
+  grid = grid.reshape(1, *old_grid, d)
+  grid = jax.image.resize(grid.astype(jnp.float32), (1, *new_grid, d), method=method)
+  grid = grid.reshape(1, new_grid[0] * new_grid[1], d).astype(posemb.dtype)
+  return jnp.concatenate([prefix, grid], axis=1)

@@ -1,0 +1,220 @@
+"""Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words")
+and DeiT (Touvron et al. 2021, "Training data-efficient image transformers").
+
+image -> patch embedding -> [class token (+ distillation token)] + position
+embedding -> `depth` pre-norm encoder blocks -> final LayerNorm -> pooling
+(class token or global average) -> linear head.
+
+`__call__(images, train=False)` returns `(logits, out)`; `out` holds named
+intermediates: 'stem' (patch grid), 'block_{i}', 'encoded', 'feature_map'
+([B, h, w, D] patch tokens), 'pre_logits', and for DeiT 'logits_cls' and
+'logits_dist' (the two heads; `logits` is their mean, as at DeiT inference).
+"""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vitjax.models.layers import (Attention, DropPath, Mlp, PatchEmbed,
+                                  sincos_posemb_2d)
+from vitjax.models.registry import register_model
+
+
+class EncoderBlock(nn.Module):
+  """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  drop_path: float = 0.0
+  qkv_bias: bool = True
+  layer_norm_eps: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm1")(x)
+    y = Attention(self.num_heads, qkv_bias=self.qkv_bias, dtype=self.dtype,
+                  attention_dropout=self.attention_dropout, dropout=self.dropout,
+                  name="attn")(y, deterministic)
+    x = x + DropPath(self.drop_path)(y, deterministic)
+    y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm2")(x)
+    y = Mlp(self.mlp_dim, dropout=self.dropout, dtype=self.dtype, name="mlp")(y, deterministic)
+    return x + DropPath(self.drop_path)(y, deterministic)
+
+
+class VisionTransformer(nn.Module):
+  """ViT / DeiT classifier over NHWC images.
+
+  pool: 'cls' (class token) or 'gap' (mean of the patch tokens).
+  posemb: 'learn' (a parameter shaped by the input seen at init; resample it
+    with `layers.resample_posemb` to fine-tune at another resolution) or
+    'sincos2d' (fixed, computed for any input size).
+  fc_norm: with 'gap', apply the final LayerNorm after pooling (timm layout)
+    instead of before it (big_vision layout).
+  distilled: DeiT's extra distillation token and second head.
+  num_classes: 0 gives no head (logits are the pre-logits).
+  """
+  num_classes: int = 1000
+  patch_size: int = 16
+  hidden_size: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  pool: str = "cls"
+  posemb: str = "learn"
+  fc_norm: bool = False
+  distilled: bool = False
+  representation_size: Optional[int] = None
+  qkv_bias: bool = True
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  drop_path_rate: float = 0.0
+  layer_norm_eps: float = 1e-6
+  head_zero_init: bool = True
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  def setup_checks(self):
+    if self.pool not in ("cls", "gap"):
+      raise ValueError(f"pool must be 'cls' or 'gap', got {self.pool!r}")
+    if self.posemb not in ("learn", "sincos2d"):
+      raise ValueError(f"posemb must be 'learn' or 'sincos2d', got {self.posemb!r}")
+    if self.distilled and self.pool != "cls":
+      raise ValueError("a distilled (DeiT) model needs pool='cls'")
+
+  @property
+  def num_prefix_tokens(self) -> int:
+    return (self.pool == "cls") + bool(self.distilled)
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    self.setup_checks()
+    out = {}
+    deterministic = not train
+    x = PatchEmbed(self.patch_size, self.hidden_size, dtype=self.dtype,
+                   name="patch_embed")(images.astype(self.dtype))
+    out["stem"] = x
+    b, h, w, d = x.shape
+    x = x.reshape(b, h * w, d)
+
+    prefix = []
+    if self.pool == "cls":
+      prefix.append(self.param("cls_token", nn.initializers.zeros, (1, 1, d)))
+    if self.distilled:
+      prefix.append(self.param("dist_token", nn.initializers.zeros, (1, 1, d)))
+    prefix = [jnp.broadcast_to(t, (b, 1, d)).astype(x.dtype) for t in prefix]
+    n_prefix = len(prefix)
+
+    if self.posemb == "learn":
+      # Position embedding covers the prefix tokens too (ViT / DeiT / HF / timm).
+      pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
+                      (1, n_prefix + h * w, d))
+      if pe.shape[1] != n_prefix + h * w:
+        raise ValueError(
+            f"pos_embedding has {pe.shape[1]} tokens but the input gives "
+            f"{n_prefix}+{h}x{w}; resample it with vitjax.models.layers.resample_posemb "
+            "(vitjax.checkpoint does this when fine-tuning at a new resolution).")
+      x = jnp.concatenate(prefix + [x], axis=1) + pe.astype(x.dtype)
+    else:
+      x = x + sincos_posemb_2d(h, w, d).astype(x.dtype)
+      x = jnp.concatenate(prefix + [x], axis=1)
+    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+
+    block_cls = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
+    for i in range(self.depth):
+      dpr = self.drop_path_rate * i / max(self.depth - 1, 1)
+      x = block_cls(self.num_heads, self.mlp_dim, dropout=self.dropout,
+                    attention_dropout=self.attention_dropout, drop_path=dpr,
+                    qkv_bias=self.qkv_bias, layer_norm_eps=self.layer_norm_eps,
+                    dtype=self.dtype, name=f"block_{i}")(x, deterministic)
+      out[f"block_{i}"] = x
+
+    norm = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
+                        name="fc_norm" if (self.pool == "gap" and self.fc_norm) else "norm")
+    if self.pool == "gap" and self.fc_norm:
+      out["encoded"] = x
+      pooled = norm(jnp.mean(x, axis=1))
+    else:
+      x = norm(x)
+      out["encoded"] = x
+      pooled = x[:, 0] if self.pool == "cls" else jnp.mean(x[:, n_prefix:], axis=1)
+    out["feature_map"] = x[:, n_prefix:].reshape(b, h, w, d)
+
+    if self.representation_size:
+      pooled = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
+                                name="pre_logits")(pooled))
+    out["pre_logits"] = pooled
+    if not self.num_classes:
+      return pooled, out
+
+    head_init = nn.initializers.zeros if self.head_zero_init else nn.initializers.xavier_uniform()
+    logits = nn.Dense(self.num_classes, kernel_init=head_init, dtype=self.dtype,
+                      name="head")(pooled)
+    if self.distilled:
+      dist = x[:, 1]
+      logits_dist = nn.Dense(self.num_classes, kernel_init=head_init, dtype=self.dtype,
+                             name="head_dist")(dist)
+      out["logits_cls"], out["logits_dist"] = logits, logits_dist
+      out["pre_logits_dist"] = dist
+      logits = (logits + logits_dist) / 2
+    out["logits"] = logits
+    return logits.astype(jnp.float32), out
+
+
+# Widths, depths, MLP widths and heads: ViT paper Table 1 (B, L, H) and
+# DeiT Table 1 / AugReg (Ti, S).
+VIT_SIZES = {
+    "tiny": dict(hidden_size=192, depth=12, mlp_dim=768, num_heads=3),
+    "small": dict(hidden_size=384, depth=12, mlp_dim=1536, num_heads=6),
+    "base": dict(hidden_size=768, depth=12, mlp_dim=3072, num_heads=12),
+    "large": dict(hidden_size=1024, depth=24, mlp_dim=4096, num_heads=16),
+    "huge": dict(hidden_size=1280, depth=32, mlp_dim=5120, num_heads=16),
+}
+SHORT_NAMES = {"Ti": "tiny", "S": "small", "B": "base", "L": "large", "H": "huge"}
+
+
+def vit_kwargs(variant: str):
+  """'B/16' -> the keyword arguments of ViT-B/16 (big_vision style)."""
+  size, patch = variant.split("/")
+  return dict(VIT_SIZES[SHORT_NAMES.get(size, size)], patch_size=int(patch))
+
+
+def _register_vit(size, patch):
+  def factory(**overrides):
+    kw = dict(VIT_SIZES[size], patch_size=patch)
+    kw.update(overrides)
+    return VisionTransformer(**kw)
+  factory.__doc__ = f"ViT-{size}/{patch} at 224x224, class token, learned posemb."
+  register_model(factory, name=f"vit_{size}_patch{patch}_224")
+
+
+for _size in VIT_SIZES:
+  for _patch in (8, 14, 16, 32):
+    _register_vit(_size, _patch)
+
+
+def _register_deit(size, distilled):
+  def factory(**overrides):
+    kw = dict(VIT_SIZES[size], patch_size=16, distilled=distilled)
+    kw.update(overrides)
+    return VisionTransformer(**kw)
+  tag = "_distilled" if distilled else ""
+  factory.__doc__ = f"DeiT-{size}{tag}/16: ViT trained the DeiT way" + (
+      ", with the distillation token and head." if distilled else ".")
+  register_model(factory, name=f"deit_{size}{tag}_patch16_224")
+
+
+for _size in ("tiny", "small", "base"):
+  for _distilled in (False, True):
+    _register_deit(_size, _distilled)
+
+
+@register_model
+def vit_quickstart(**overrides):
+  """A small ViT for 16x16 inputs such as the upsampled digits."""
+  kw = dict(patch_size=4, hidden_size=128, depth=4, mlp_dim=256, num_heads=4,
+            num_classes=10)
+  kw.update(overrides)
+  return VisionTransformer(**kw)
