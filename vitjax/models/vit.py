@@ -109,8 +109,11 @@ class VisionTransformer(nn.Module):
 
     if self.posemb == "learn":
       # Position embedding covers the prefix tokens too (ViT / DeiT / HF / timm).
-      pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
-                      (1, n_prefix + h * w, d))
+      if self.has_variable("params", "pos_embedding"):  # checked here, not by flax,
+        pe = self.get_variable("params", "pos_embedding")  # to say how to fix it
+      else:
+        pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
+                        (1, n_prefix + h * w, d))
       if pe.shape[1] != n_prefix + h * w:
         raise ValueError(
             f"pos_embedding has {pe.shape[1]} tokens but the input gives "

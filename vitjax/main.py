@@ -1,0 +1,66 @@
+"""Command line: `python -m vitjax.main --config=configs/NAME.py[:ARGS] --workdir=DIR`.
+
+Any config field can be overridden, e.g. `--config.batch_size=64`. Several
+processes (hosts) are joined with `jax.distributed.initialize`: from the flags
+below, the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
+environment variables, or the cluster's own discovery (Cloud TPU, SLURM).
+"""
+
+import logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/NAME.py[:ARGS]).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
+_COORD = flags.DEFINE_string("coordinator_address", None,
+                             "host:port of process 0 for multi-process runs.")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_CPU_COLLECTIVES = flags.DEFINE_string(
+    "cpu_collectives", "gloo", "Cross-process collectives on CPU ('gloo' or 'mpi').")
+
+
+def init_distributed(coordinator=None, num_processes=None, process_id=None,
+                     cpu_collectives="gloo"):
+  """Joins a multi-process run when one is described; no-op otherwise."""
+  import jax  # pylint: disable=g-import-not-at-top
+  coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  num_processes = num_processes or os.environ.get("JAX_NUM_PROCESSES")
+  if process_id is None and os.environ.get("JAX_PROCESS_ID") is not None:
+    process_id = int(os.environ["JAX_PROCESS_ID"])
+  if coordinator and num_processes and int(num_processes) > 1:
+    if jax.config.jax_platforms in (None, "", "cpu") and cpu_collectives:
+      jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    jax.distributed.initialize(coordinator, int(num_processes), process_id)
+  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("SLURM_JOB_ID"):
+    jax.distributed.initialize()  # cluster auto-detection
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from vitjax.errors import UserError  # pylint: disable=g-import-not-at-top
+  logging.getLogger().setLevel(logging.INFO)
+  if _CONFIG.value is None or not _WORKDIR.value:
+    sys.stderr.write("error: --config and --workdir are required, e.g.\n"
+                     "  python -m vitjax.main --config=configs/quickstart.py "
+                     "--workdir=/tmp/quickstart\n")
+    sys.exit(2)
+  try:
+    init_distributed(_COORD.value, _NPROC.value, _PID.value, _CPU_COLLECTIVES.value)
+    from vitjax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+    final = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except UserError as e:
+    sys.stderr.write(f"\nvitjax error: {e}\n")
+    sys.exit(2)
+  if final:
+    print("final: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

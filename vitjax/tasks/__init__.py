@@ -1,0 +1,19 @@
+"""Tasks plug into the one trainer: each brings its loss, metrics and evaluation.
+
+A task is a class built as `Task(config, dataset_info, model)` with:
+  init_inputs() -> dict of dummy inputs used to initialise the model;
+  train_loss(params, model_state, batch, rng) -> (loss, (metrics, new_model_state));
+  eval_sums(params, model_state, batch) -> dict of per-batch sums (with 'count');
+  eval_summary(sums) -> dict of final metrics (names without the 'eval/' prefix).
+"""
+
+from vitjax.errors import UserError
+from vitjax.tasks.classification import ClassificationTask
+
+TASKS = {"classification": ClassificationTask}
+
+
+def get_task(name: str):
+  if name not in TASKS:
+    raise UserError(f"Unknown task {name!r}; known tasks: {sorted(TASKS)}.")
+  return TASKS[name]

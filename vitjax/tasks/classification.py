@@ -1,0 +1,61 @@
+"""Supervised multi-class classification: softmax cross-entropy, top-1/top-5."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vitjax.tasks.base import apply_model
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
+  """Mean softmax cross-entropy with optional label smoothing."""
+  onehot = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    onehot = optax.smooth_labels(onehot, label_smoothing)
+  return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot))
+
+
+def topk_correct(logits, labels, k: int):
+  """1.0 where the label is among the k highest logits."""
+  k = min(k, logits.shape[-1])
+  topk = jax.lax.top_k(logits, k)[1]
+  return jnp.any(topk == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+class ClassificationTask:
+  """Images -> one of `num_classes` labels."""
+
+  def __init__(self, config, info, model):
+    self.config = config
+    self.info = info
+    self.model = model
+    self.num_classes = info.num_classes
+
+  def init_inputs(self):
+    s = self.config.input.image_size
+    return jnp.zeros((1, s, s, 3), jnp.float32)
+
+  def train_loss(self, params, model_state, batch, rng):
+    logits, _, new_state = apply_model(self.model, params, model_state, batch["image"],
+                                       train=True, rng=rng)
+    loss = cross_entropy(logits, batch["label"], self.num_classes,
+                         self.config.label_smoothing)
+    acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return loss, ({"accuracy": acc}, new_state)
+
+  def eval_sums(self, params, model_state, batch):
+    logits, _, _ = apply_model(self.model, params, model_state, batch["image"], train=False)
+    mask = batch["mask"].astype(jnp.float32)
+    labels = batch["label"]
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return {
+        "count": jnp.sum(mask),
+        "loss": jnp.sum(losses * mask),
+        "correct": jnp.sum(topk_correct(logits, labels, 1) * mask),
+        "correct_top5": jnp.sum(topk_correct(logits, labels, 5) * mask),
+    }
+
+  def eval_summary(self, sums):
+    n = max(sums["count"], 1.0)
+    return {"loss": sums["loss"] / n, "accuracy": sums["correct"] / n,
+            "top5_accuracy": sums["correct_top5"] / n}
