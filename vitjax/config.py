@@ -113,3 +113,84 @@ def validate_config(config, num_devices: int, num_processes: int = 1):
   if config.init_from.source not in ("vitjax", "hf", "timm"):
     raise UserError(f"config.init_from.source={config.init_from.source!r}: use "
                     "'vitjax', 'hf' or 'timm'.")
+
+
+# ---------------------------------------------------------------------------
+# Published recipes, shared by the per-size files in configs/.
+
+# Fine-tuning datasets: TFDS name, eval split, classes, steps (ViT paper,
+# Appendix B.1.1: 10k steps for CIFAR, 500 for Pets, SGD momentum, batch 512).
+FINETUNE_SETS = {
+    "cifar10": ("cifar10", "test", 10_000),
+    "cifar100": ("cifar100", "test", 10_000),
+    "pets": ("oxford_iiit_pet", "test", 500),
+}
+
+
+def vit_recipe(model_name: str, arg=None, *, drop_path_rate=0.0, dropout=0.1,
+               pretrain_lr=3e-3):
+  """ViT configs: arg 'imagenet' (default) pretrains on ImageNet-1k as in the
+  ViT paper (Table 3: Adam, batch 4096, lr 3e-3, wd 0.3, 300 epochs, 10k
+  warmup steps, clip 1); 'cifar10' / 'cifar100' / 'pets' fine-tune at 384x384
+  with SGD (momentum 0.9, batch 512, lr 0.01, cosine, no weight decay),
+  starting from --config.init_from.checkpoint.
+  """
+  arg = arg or "imagenet"
+  c = default_config()
+  c.model_name = model_name
+  c.model.drop_path_rate = drop_path_rate
+  c.model.dropout = dropout
+  if arg == "imagenet":
+    c.dataset.name = "imagenet2012"
+    c.dataset.eval_split = "validation"
+    c.input.image_size = 224
+    c.input.eval_resize = 256
+    c.batch_size = 4096
+    c.eval_batch_size = 1024
+    c.num_epochs = 300
+    c.optimizer.update(learning_rate=pretrain_lr, weight_decay=0.3, warmup_steps=10_000,
+                       schedule="cosine", grad_clip_norm=1.0)
+    c.checkpoint_every_steps = 2000
+    return c
+  if arg not in FINETUNE_SETS:
+    raise UserError(f"config arg {arg!r}: use 'imagenet' or one of {sorted(FINETUNE_SETS)}.")
+  name, eval_split, steps = FINETUNE_SETS[arg]
+  c.dataset.name = name
+  c.dataset.eval_split = eval_split
+  c.model.dropout = 0.0
+  c.input.image_size = 384
+  c.input.train_augment = "inception_crop"
+  c.input.crop_scale = (0.05, 1.0)
+  c.batch_size = 512
+  c.eval_batch_size = 512
+  c.total_steps = steps
+  c.optimizer.update(name="sgd", learning_rate=0.01, momentum=0.9, weight_decay=0.0,
+                     warmup_steps=min(500, steps // 10), schedule="cosine", grad_clip_norm=1.0)
+  c.eval_every_steps = max(steps // 10, 100)
+  c.checkpoint_every_steps = max(steps // 10, 100)
+  return c
+
+
+def deit_recipe(model_name: str, drop_path_rate: float):
+  """DeiT on ImageNet-1k (Touvron et al. 2021, Table 9): AdamW, lr 5e-4 x
+  batch/512, batch 1024, wd 0.05, 300 epochs, 5 warmup epochs, cosine, label
+  smoothing 0.1, stochastic depth, no dropout, no clipping."""
+  c = default_config()
+  c.model_name = model_name
+  c.model.drop_path_rate = drop_path_rate
+  c.dataset.name = "imagenet2012"
+  c.dataset.eval_split = "validation"
+  c.input.image_size = 224
+  c.input.eval_resize = 256
+  c.input.mean = (0.485, 0.456, 0.406)
+  c.input.std = (0.229, 0.224, 0.225)
+  c.batch_size = 1024
+  c.eval_batch_size = 1000
+  c.num_epochs = 300
+  steps_per_epoch = 1_281_167 // c.batch_size
+  c.optimizer.update(name="adamw", learning_rate=5e-4 * c.batch_size / 512, weight_decay=0.05,
+                     warmup_steps=5 * steps_per_epoch, schedule="cosine", grad_clip_norm=0.0,
+                     end_learning_rate=1e-5)
+  c.label_smoothing = 0.1
+  c.checkpoint_every_steps = 2000
+  return c

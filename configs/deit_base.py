@@ -1,0 +1,17 @@
+"""DeiT-base on ImageNet-1k (Touvron et al. 2021).
+
+  python -m vitjax.main --config=configs/deit_base.py --workdir=gs://BUCKET/deit_base
+  python -m vitjax.main --config=configs/deit_base.py:distilled ...   # the distillation-token model
+
+Hardware: 8 GPUs / a TPU v3-32, 300 epochs. Published top-1: DeiT-Ti 72.2,
+DeiT-S 79.8, DeiT-B 81.8 (with RandAugment, Mixup/CutMix and random erasing,
+which arrive with the training-recipe issue; without them expect less).
+"""
+
+from vitjax.config import deit_recipe
+
+
+def get_config(arg=None):
+  """arg: None (DeiT) or 'distilled' (DeiT with the distillation token)."""
+  tag = "_distilled" if arg == "distilled" else ""
+  return deit_recipe(f"deit_base{tag}_patch16_224", drop_path_rate=0.1)

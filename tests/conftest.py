@@ -1,0 +1,35 @@
+"""Shared test helpers: running vitjax as a user would, in a subprocess."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(workdir, *overrides, config="configs/quickstart.py", devices=1, env=None,
+             timeout=600, check=True):
+  """`python -m vitjax.main` with `--config.k=v` overrides; returns the CompletedProcess."""
+  e = dict(os.environ)
+  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+  e.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  e.update(env or {})
+  cmd = [sys.executable, "-m", "vitjax.main", f"--config={os.path.join(ROOT, config)}",
+         f"--workdir={workdir}"] + [f"--config.{o}" for o in overrides]
+  p = subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
+  if check and p.returncode != 0:
+    raise AssertionError(f"vitjax.main failed ({p.returncode}):\n{p.stderr[-4000:]}")
+  return p
+
+
+@pytest.fixture
+def main_runner():
+  return run_main
+
+
+# Overrides that make the quickstart a few-second smoke run.
+FAST = ("model.depth=1", "model.hidden_size=32", "model.mlp_dim=64", "model.num_heads=2",
+        "batch_size=32", "eval_batch_size=40", "progress_bar=False")

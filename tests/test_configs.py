@@ -1,0 +1,47 @@
+"""Every config in configs/ loads, validates and names a registered model."""
+
+import glob
+import importlib.util
+import os
+
+import pytest
+
+from conftest import ROOT
+from vitjax.config import default_config, validate_config
+from vitjax.errors import UserError
+from vitjax.models import list_models
+
+CASES = [("quickstart", None)] + [
+    (f"vit_{s}", a) for s in ("ti16", "s16", "b16", "l16")
+    for a in (None, "cifar10", "cifar100", "pets")] + [
+    (f"deit_{s}", a) for s in ("tiny", "small", "base") for a in (None, "distilled")]
+
+
+def load(name, arg):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+def test_every_config_file_is_covered():
+  files = {os.path.basename(f)[:-3] for f in glob.glob(os.path.join(ROOT, "configs", "*.py"))}
+  assert files == {n for n, _ in CASES}
+
+
+@pytest.mark.parametrize("name,arg", CASES)
+def test_config_validates(name, arg):
+  c = load(name, arg)
+  validate_config(c, num_devices=8)
+  assert c.model_name in list_models()
+  if arg == "distilled":
+    assert "distilled" in c.model_name
+
+
+def test_bad_arg_and_bad_values():
+  with pytest.raises(UserError, match="cifar10"):
+    load("vit_b16", "cifar11")
+  c = default_config()
+  c.optimizer.name = "adam"
+  with pytest.raises(UserError, match="adamw"):
+    validate_config(c, 1)
