@@ -18,6 +18,7 @@ setup(
         "tensorflow-cpu; platform_machine=='x86_64'",
         "tensorflow; platform_machine!='x86_64'",
         "tensorflow-datasets",
+        "tensorboard",      # tf.summary event files
         "ml_collections",
         "chex",
         "absl-py",

@@ -78,6 +78,21 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def model_config(model_name: str, **overrides) -> ml_collections.ConfigDict:
+  """The registry model's fields (ints, floats, strings, bools) as a ConfigDict,
+  so that every one of them can be overridden with --config.model.FIELD=...
+  (num_classes is left out: it comes from the dataset)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from vitjax.models import create_model  # pylint: disable=g-import-not-at-top
+  module = create_model(model_name, **overrides)
+  fields = {}
+  for f in dataclasses.fields(module):
+    value = getattr(module, f.name)
+    if f.name not in ("parent", "name", "num_classes") and isinstance(value, (bool, int, float, str)):
+      fields[f.name] = value
+  return ml_collections.ConfigDict(fields)
+
+
 def _check_keys(cfg, ref, path=""):
   for key in cfg.keys():
     full = f"{path}{key}"
@@ -138,8 +153,7 @@ def vit_recipe(model_name: str, arg=None, *, drop_path_rate=0.0, dropout=0.1,
   arg = arg or "imagenet"
   c = default_config()
   c.model_name = model_name
-  c.model.drop_path_rate = drop_path_rate
-  c.model.dropout = dropout
+  c.model = model_config(model_name, drop_path_rate=drop_path_rate, dropout=dropout)
   if arg == "imagenet":
     c.dataset.name = "imagenet2012"
     c.dataset.eval_split = "validation"
@@ -177,7 +191,7 @@ def deit_recipe(model_name: str, drop_path_rate: float):
   smoothing 0.1, stochastic depth, no dropout, no clipping."""
   c = default_config()
   c.model_name = model_name
-  c.model.drop_path_rate = drop_path_rate
+  c.model = model_config(model_name, drop_path_rate=drop_path_rate)
   c.dataset.name = "imagenet2012"
   c.dataset.eval_split = "validation"
   c.input.image_size = 224

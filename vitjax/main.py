@@ -45,7 +45,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from vitjax.errors import UserError  # pylint: disable=g-import-not-at-top
-  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger().setLevel(logging.WARNING)
+  logging.getLogger("vitjax").setLevel(logging.INFO)
   if _CONFIG.value is None or not _WORKDIR.value:
     sys.stderr.write("error: --config and --workdir are required, e.g.\n"
                      "  python -m vitjax.main --config=configs/quickstart.py "
@@ -62,5 +63,24 @@ def main(argv):
     print("final: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()), flush=True)
 
 
+def _parse_flags_or_explain(argv):
+  """Parses the flags; a bad --config override gets one clear message."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.stderr.write(f"vitjax error: {e}\n")
+    sys.exit(2)
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    key = str(e).strip("'\"")
+    bad = [a for a in argv[1:] if a.startswith("--config.") and key in a] or [
+        a for a in argv[1:] if a.startswith("--config")]
+    sys.stderr.write(
+        f"vitjax error: cannot apply {' '.join(bad)}: {type(e).__name__}: {key}. "
+        "Only fields the config defines can be overridden: see "
+        "vitjax/config.py:default_config() and the config file (config.model "
+        "lists the model's fields).\n")
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags_or_explain)

@@ -32,6 +32,8 @@ from vitjax.metric_writer import MetricWriter, ProgressBar
 from vitjax.models import create_model
 from vitjax.tasks import get_task
 
+log = logging.getLogger(__name__)
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -194,7 +196,7 @@ def train_and_evaluate(config, workdir: str):
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
-    logging.info("Resumed from %s at step %d", checkpointer.directory, int(state.step))
+    log.info("Resumed from %s at step %d", checkpointer.directory, int(state.step))
   start_step = int(state.step)
 
   train_step = jax.jit(make_train_step(task, tx, schedule, base_rng),
@@ -254,7 +256,7 @@ def train_and_evaluate(config, workdir: str):
         check_finite()
         final = {f"eval/{k}": v for k, v in evaluate(eval_fn, state, config, mesh, task).items()}
         writer.write(done, final)
-        logging.info("step %d: %s", done, final)
+        log.info("step %d: %s", done, final)
       if done % config.checkpoint_every_steps == 0 or done == total_steps:
         check_finite()
         checkpointer.save(done, state, force=True)
@@ -262,7 +264,7 @@ def train_and_evaluate(config, workdir: str):
         check_finite()
         checkpointer.save(done, state, force=True)
         checkpointer.wait()
-        logging.warning("Preempted (SIGTERM): saved step %d to %s; run the same "
+        log.warning("Preempted (SIGTERM): saved step %d to %s; run the same "
                         "command again to resume.", done, checkpointer.directory)
         return {"preempted_at_step": done}
   finally:
