@@ -25,15 +25,15 @@ def last(workdir, key):
 
 def test_quickstart_short_run_learns_and_writes_metrics(tmp_path):
   wd = str(tmp_path / "wd")
-  p = run_main(wd, *FAST, "total_steps=60", "log_every_steps=10", "eval_every_steps=30",
-               "optimizer.warmup_steps=5")
+  p = run_main(wd, "progress_bar=False", "total_steps=150", "log_every_steps=10", "eval_every_steps=75",
+               "optimizer.warmup_steps=10", "batch_size=64", "input.crop_padding=1")
   recs = read_metrics(wd)
   acc = [r["eval/accuracy"] for r in recs if "eval/accuracy" in r]
   assert len(acc) == 2 and acc[-1] > 0.5, acc   # far above the 0.1 of chance
   l = losses(wd)
-  assert l[60] < l[10]
+  assert l[150] < l[10]
   assert "final: " in p.stdout and "eval/accuracy" in p.stdout
-  assert os.path.isdir(os.path.join(wd, "checkpoints", "60"))
+  assert os.path.isdir(os.path.join(wd, "checkpoints", "150"))
   assert any(f.startswith("events") for f in os.listdir(os.path.join(wd, "tb")))
   assert any("train/compile_time_s" in r for r in recs)
 
@@ -179,8 +179,7 @@ def test_nan_loss_stops_naming_step_and_keeps_checkpoint(tmp_path):
   before = sorted(os.listdir(os.path.join(wd, "checkpoints")))
   # Continue the same run with an absurd learning rate: it diverges to NaN/Inf.
   p = run_main(wd, *FAST, "total_steps=40", "checkpoint_every_steps=10", "log_every_steps=5",
-               "optimizer.learning_rate=1e30", "optimizer.grad_clip_norm=0",
-               "optimizer.warmup_steps=0", "optimizer.schedule=constant", check=False)
+               "optimizer.learning_rate=1e30", "optimizer.warmup_steps=0", "optimizer.schedule=constant", check=False)
   err = _user_error(p)
   assert "NaN/Inf at step" in err and "Traceback" not in err
   step = int(err.split("NaN/Inf at step ")[1].split(";")[0])
@@ -211,29 +210,34 @@ def test_finetune_from_checkpoint_replaces_head_on_imagefolder(tmp_path):
   from PIL import Image
   from sklearn.datasets import load_digits
   pre = str(tmp_path / "pre")
-  run_main(pre, *FAST, "total_steps=60", "checkpoint_every_steps=60")
+  run_main(pre, "progress_bar=False", "total_steps=300", "checkpoint_every_steps=300",
+           "batch_size=64", "optimizer.warmup_steps=20", "input.crop_padding=1")
   digits = load_digits()
   root = tmp_path / "folder"
-  for split, rng in (("train", range(0, 300)), ("val", range(1500, 1600))):
+  for split, rng in (("train", range(0, 300)), ("val", range(1500, 1700))):
     for i in rng:
       if digits.target[i] < 4:   # a 4-class problem: the head must be replaced
         d = root / split / f"class{digits.target[i]}"
         d.mkdir(parents=True, exist_ok=True)
         img = (digits.images[i] * 255 / 16).astype(np.uint8)
         Image.fromarray(img).resize((16, 16)).save(d / f"{i}.png")
+  ft = ("progress_bar=False", "batch_size=32", "dataset.name=imagefolder",
+        f"dataset.data_dir={root}", "dataset.eval_split=val", "num_epochs=6",
+        "eval_every_steps=0", "optimizer.warmup_steps=2", "optimizer.learning_rate=5e-4",
+        "input.crop_padding=1")
   wd = str(tmp_path / "ft")
-  run_main(wd, *FAST, "dataset.name=imagefolder", f"dataset.data_dir={root}",
-           "dataset.eval_split=val", "num_epochs=3", "init_from.checkpoint=" + pre,
-           "optimizer.learning_rate=3e-4", "log_every_steps=1")
-  recs = read_metrics(wd)
-  accs = [r["eval/accuracy"] for r in recs if "eval/accuracy" in r]
-  assert len(accs) == 3            # evaluated each epoch
-  assert accs[-1] > 0.6, accs      # pretrained features transfer
+  run_main(wd, *ft, "init_from.checkpoint=" + pre)
+  scratch = str(tmp_path / "scratch")
+  run_main(scratch, *ft)
+  accs = [r["eval/accuracy"] for r in read_metrics(wd) if "eval/accuracy" in r]
+  assert len(accs) == 6            # evaluated each epoch
+  base = last(scratch, "eval/accuracy")
+  assert accs[-1] > 0.8 and accs[-1] > base + 0.1, (accs, base)   # pretrained features transfer
   cfg = json.load(open(os.path.join(wd, "config.json")))
   assert cfg["init_from"]["checkpoint"] == pre
   # A checkpoint of another shape is refused with the parameter named.
-  p = run_main(str(tmp_path / "ft2"), *FAST[:-1], "model.hidden_size=64", "model.mlp_dim=64",
+  p = run_main(str(tmp_path / "ft2"), *FAST[:-1], "model.hidden_size=48", "model.mlp_dim=64",
                "dataset.name=imagefolder", f"dataset.data_dir={root}", "dataset.eval_split=val",
                "num_epochs=1", "init_from.checkpoint=" + pre, check=False)
   err = _user_error(p)
-  assert "does not match the model" in err and "patch_embed" in err
+  assert "does not match the model" in err and "block_0/attn/qkv/kernel" in err

@@ -24,7 +24,8 @@ class Checkpointer:
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_handlers=ocp.StandardCheckpointHandler())
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -39,6 +40,7 @@ class Checkpointer:
     """Restores the latest checkpoint into the structure/shardings of `state`."""
     step = self.latest_step()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    self._check_fits(step, state)
     try:
       return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except (ValueError, KeyError, TypeError) as e:
@@ -48,8 +50,39 @@ class Checkpointer:
           "new --workdir for this config, or run the config that wrote it. Nothing "
           "was deleted.") from e
 
+  def _check_fits(self, step, state):
+    """Compares shapes with the checkpoint's metadata before touching arrays."""
+    stored = self.manager.item_metadata(step)
+    if stored is None:
+      return
+    mine, theirs = _flat_shapes(state.params), _flat_shapes(stored["params"])
+    problems = [f"{k}: checkpoint {theirs.get(k)} vs model {v}"
+                for k, v in mine.items() if theirs.get(k) != v]
+    problems += [f"{k}: only in the checkpoint" for k in theirs if k not in mine]
+    n_mine, n_theirs = len(jax.tree.leaves(state)), len(jax.tree.leaves(stored))
+    if not problems and n_mine != n_theirs:
+      problems.append(f"the train state has {n_mine} arrays, the checkpoint {n_theirs} "
+                      "(another optimizer?)")
+    if problems:
+      self.close()
+      raise UserError(
+          f"The checkpoint at {self.directory}/{step} does not fit this run's "
+          f"model/optimizer: {'; '.join(problems[:5])}. It was written by another "
+          "config. Use a new --workdir for this config, or run the config that wrote "
+          "it. Nothing was deleted.")
+
   def close(self):
     self.manager.close()
+
+
+def _flat_shapes(tree):
+  """{'a/b/kernel': shape} for every array of a params tree."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    key = "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                   for k in path)
+    out[key] = tuple(leaf.shape)
+  return out
 
 
 def _short(e, n=300):

@@ -7,6 +7,7 @@ is compiled.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from vitjax.errors import UserError
 
@@ -28,7 +29,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.dataset = ml_collections.ConfigDict(dict(
       name="digits",          # 'digits' | 'imagefolder' | a TFDS name
-      data_dir=None,          # TFDS data_dir, or the ImageFolder root
+      data_dir=placeholder(str),   # TFDS data_dir, or the ImageFolder root (None: TFDS default)
       train_split="train",
       eval_split="test",
       shuffle_buffer=10_000,
@@ -40,7 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
       crop_scale=(0.08, 1.0),
       crop_padding=4,
       flip=True,
-      eval_resize=None,
+      eval_resize=placeholder(int),  # None: resize straight to image_size
       mean=(0.5, 0.5, 0.5),
       std=(0.5, 0.5, 0.5),
   ))
