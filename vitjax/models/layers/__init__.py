@@ -6,8 +6,17 @@ from vitjax.models.layers.mlp import Mlp
 from vitjax.models.layers.patch_embed import PatchEmbed
 from vitjax.models.layers.pos_embed import (
     resample_posemb, sincos_posemb_2d)
+from vitjax.models.layers.window_attention import (
+    ContinuousPositionBias, WindowAttention, WindowAttentionV2,
+    log_spaced_coords, relative_position_index,
+    resample_relative_position_bias_table, shifted_window_mask,
+    window_partition, window_reverse)
 
 __all__ = [
     "Attention", "DropPath", "Mlp", "PatchEmbed", "dot_product_attention",
     "resample_posemb", "sincos_posemb_2d",
+    "ContinuousPositionBias", "WindowAttention", "WindowAttentionV2",
+    "log_spaced_coords", "relative_position_index",
+    "resample_relative_position_bias_table", "shifted_window_mask",
+    "window_partition", "window_reverse",
 ]
