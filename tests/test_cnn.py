@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vitjax.convert.cnn import hf_resnet_to_vitjax
+from vitjax.convert.cnn import hf_convnext_to_vitjax, hf_resnet_to_vitjax
 from vitjax.errors import UserError
 from vitjax.models import create_model
+from vitjax.models.convnext import ConvNeXt
 from vitjax.models.resnet import ResNet
 
 MAX_DIFFS = {}  # case -> max |logits diff|, printed with -s
@@ -170,3 +171,58 @@ def test_resnet_small_stem_outputs_and_batch_stats():
   before = jax.tree_util.tree_leaves(v["batch_stats"])
   after = jax.tree_util.tree_leaves(new["batch_stats"])
   assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
+# ---------------------------------------------------------------------------
+# ConvNeXt.
+
+@pytest.mark.parametrize("case", ["4stages", "2stages_no_layer_scale"])
+def test_hf_convnext_parity(torch, transformers, case):
+  """Four stages at 64x64 (HF's head LayerNorm eps 1e-12), and two stages at
+  32x32 without layer scale and a bare ConvNextModel (pooled output)."""
+  if case == "4stages":
+    cfg = transformers.ConvNextConfig(num_stages=4, hidden_sizes=[8, 16, 24, 32],
+                                      depths=[1, 2, 1, 1], num_labels=6)
+    ref = transformers.ConvNextForImageClassification(cfg)
+    size = 64
+  else:
+    cfg = transformers.ConvNextConfig(num_stages=2, hidden_sizes=[16, 8], depths=[2, 1],
+                                      layer_scale_init_value=0.0, layer_norm_eps=1e-6)
+    ref = transformers.ConvNextModel(cfg)
+    size = 32
+  ref = randomize(torch, ref)
+  variables, kw = hf_convnext_to_vitjax(ref.state_dict(), cfg)
+  assert kw["depths"] == tuple(cfg.depths) and kw["widths"] == tuple(cfg.hidden_sizes)
+  assert kw["head_norm_eps"] == cfg.layer_norm_eps and "batch_stats" not in variables
+  x, x_nhwc = images(torch, size, size)
+  with torch.no_grad():
+    r = ref(pixel_values=x, output_hidden_states=True)
+  want = r.logits if case == "4stages" else r.pooler_output
+  got, out = run(ConvNeXt, variables, kw, x_nhwc)
+  assert_close(f"hf ConvNeXt {case}", want.numpy(), got, 1e-4)
+  for i in range(len(cfg.depths)):
+    want_i = np.transpose(r.hidden_states[i + 1].numpy(), (0, 2, 3, 1))
+    np.testing.assert_allclose(np.asarray(out[f"stage_{i}"]), want_i, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,published", [
+    ("convnext_tiny", 28.6e6), ("convnext_small", 50.2e6)])
+def test_convnext_param_counts(name, published):
+  assert n_params(name) == pytest.approx(published, rel=0.01)
+
+
+def test_convnext_bad_sizes_and_drop_path():
+  with pytest.raises(UserError, match="equal length"):
+    create_model("convnext_tiny", depths=(1, 1))
+  with pytest.raises(UserError, match=">= 1"):
+    create_model("convnext_tiny", widths=(8, 0, 8, 8))
+  m = create_model("convnext_tiny", depths=(1, 2), widths=(8, 16), num_classes=3,
+                   drop_path_rate=0.5, layer_scale_init=1.0)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
+  v = init(m, x)
+  with pytest.raises(UserError, match="smaller than its total stride"):
+    m.apply(v, jnp.ones((1, 4, 4, 3)))
+  apply = jax.jit(lambda v, x, r: m.apply(v, x, train=True, rngs={"dropout": r}))
+  a, out = apply(v, x, jax.random.PRNGKey(1))
+  b, _ = apply(v, x, jax.random.PRNGKey(2))
+  assert out["stage_1"].shape == (4, 2, 2, 16) and not np.allclose(a, b)

@@ -163,3 +163,61 @@ def hf_resnet_to_vitjax(src, config=None, **overrides):
                 stage_widths=tuple(widths), stem_width=stem_width,
                 width=widths[0] // (4 if bottleneck else 1), small_stem=False)
   return _finalize(out, kwargs, overrides, what)
+
+
+# ----------------------------------------------------------------------------
+# ConvNeXt.
+
+def hf_convnext_to_vitjax(src, config=None, **overrides):
+  """HF ConvNext(ForImageClassification|Model) -> (variables, ConvNeXt kwargs).
+
+  Depths, widths, patch size and layer scale are read from the weights; the
+  final LayerNorm's epsilon from the config (`layer_norm_eps`, 1e-12 for the
+  HF checkpoints; default 1e-12 without a config). GELU only.
+  """
+  what = "Hugging Face ConvNeXt"
+  cfg = read_json_config(config) or {}
+  _check_act(cfg, "hidden_act", ("gelu",), what)
+  s, prefix = _state(src, what, "embeddings.patch_embeddings.weight")
+  out = _Out()
+  stem = s.take(prefix + "embeddings.patch_embeddings.weight")
+  if stem.shape[2] != stem.shape[3]:
+    raise UserError(f"{what}: non-square patch embedding {stem.shape[2:]}.")
+  out.put("stem_conv", conv_to_flax(stem, s.take(prefix + "embeddings.patch_embeddings.bias")))
+  out.put("stem_norm", layernorm_to_flax(s.take(prefix + "embeddings.layernorm.weight"),
+                                         s.take(prefix + "embeddings.layernorm.bias")))
+  keys = [k[len(prefix):] for k in s.sd if k.startswith(prefix)]
+  n_stages = count_indexed(keys, r"encoder\.stages\.(\d+)\.")
+  depths, widths, layer_scale = [], [], False
+  for i in range(n_stages):
+    p = f"{prefix}encoder.stages.{i}."
+    if i > 0:
+      out.put(f"stage_{i}_downsample_norm", layernorm_to_flax(
+          s.take(p + "downsampling_layer.0.weight"), s.take(p + "downsampling_layer.0.bias")))
+      out.put(f"stage_{i}_downsample_conv", conv_to_flax(
+          s.take(p + "downsampling_layer.1.weight"), s.take(p + "downsampling_layer.1.bias")))
+    n = count_indexed(keys, rf"encoder\.stages\.{i}\.layers\.(\d+)\.")
+    depths.append(n)
+    for j in range(n):
+      q, name = f"{p}layers.{j}.", f"stage_{i}_block_{j}"
+      out.put(f"{name}/dwconv", conv_to_flax(s.take(q + "dwconv.weight"), s.take(q + "dwconv.bias")))
+      out.put(f"{name}/norm", layernorm_to_flax(s.take(q + "layernorm.weight"),
+                                                s.take(q + "layernorm.bias")))
+      out.put(f"{name}/mlp/fc1", linear_to_dense(s.take(q + "pwconv1.weight"),
+                                                 s.take(q + "pwconv1.bias")))
+      out.put(f"{name}/mlp/fc2", linear_to_dense(s.take(q + "pwconv2.weight"),
+                                                 s.take(q + "pwconv2.bias")))
+      gamma = s.take(q + "layer_scale_parameter", optional=True)
+      if gamma is not None:
+        out.params[f"{name}/layer_scale"] = np.asarray(gamma, np.float32)
+        layer_scale = True
+    s.check_missing()
+    widths.append(out.params[f"stage_{i}_block_0/dwconv/kernel"].shape[-1] if n else 0)
+  out.put("norm", layernorm_to_flax(s.take(prefix + "layernorm.weight"),
+                                    s.take(prefix + "layernorm.bias")))
+  num_classes = _head(out, s, "classifier.weight", "classifier.bias")
+  s.finish()
+  kwargs = dict(num_classes=num_classes, depths=tuple(depths), widths=tuple(widths),
+                patch_size=int(stem.shape[2]), layer_scale_init=1e-6 if layer_scale else 0.0,
+                head_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)))
+  return _finalize(out, kwargs, overrides, what, with_stats=False)
