@@ -16,10 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vitjax.convert.cnn import hf_convnext_to_vitjax, hf_resnet_to_vitjax
+from vitjax.convert.cnn import (hf_convnext_to_vitjax, hf_efficientnet_to_vitjax,
+                               hf_resnet_to_vitjax)
 from vitjax.errors import UserError
 from vitjax.models import create_model
 from vitjax.models.convnext import ConvNeXt
+from vitjax.models.efficientnet import EfficientNet
 from vitjax.models.resnet import ResNet
 
 MAX_DIFFS = {}  # case -> max |logits diff|, printed with -s
@@ -226,3 +228,54 @@ def test_convnext_bad_sizes_and_drop_path():
   a, out = apply(v, x, jax.random.PRNGKey(1))
   b, _ = apply(v, x, jax.random.PRNGKey(2))
   assert out["stage_1"].shape == (4, 2, 2, 16) and not np.allclose(a, b)
+
+
+# ---------------------------------------------------------------------------
+# EfficientNet.
+
+@pytest.mark.parametrize("case", ["b0_layout", "custom"])
+def test_hf_efficientnet_parity(torch, transformers, case):
+  """B0's seven-stage table at a quarter width and depth x0.3 (one block a
+  stage; stride-2 kernels 3 and 5) on 64x64; and a 3-stage custom table with
+  depth scaling (residual blocks), width rounding (x0.35), a symmetric
+  depthwise padding index and an odd 33x33 input, as a bare EfficientNetModel."""
+  if case == "b0_layout":
+    cfg = transformers.EfficientNetConfig(width_coefficient=0.25, depth_coefficient=0.3,
+                                          hidden_dim=320, num_labels=5)  # 1280 x 0.25
+    ref = transformers.EfficientNetForImageClassification(cfg)
+    size = 64
+  else:
+    cfg = transformers.EfficientNetConfig(
+        width_coefficient=0.35, depth_coefficient=1.5, hidden_dim=448,
+        in_channels=[32, 16, 24], out_channels=[16, 24, 40], kernel_sizes=[3, 5, 3],
+        strides=[1, 2, 2], expand_ratios=[1, 6, 4], num_block_repeats=[1, 2, 1],
+        depthwise_padding=[5])  # block 5: the stride-2 first block of stage 2
+    ref = transformers.EfficientNetModel(cfg)
+    size = 33
+  ref = randomize(torch, ref)
+  variables, kw = hf_efficientnet_to_vitjax(ref.state_dict(), cfg)
+  x, x_nhwc = images(torch, size, size)
+  with torch.no_grad():
+    r = ref(pixel_values=x)
+  want = r.logits if case == "b0_layout" else r.pooler_output.reshape(2, -1)
+  got, out = run(EfficientNet, variables, kw, x_nhwc)
+  assert_close(f"hf EfficientNet {case}", want.numpy(), got, 1e-3)
+  assert len([k for k in out if k.startswith("stage_")]) == len(cfg.strides)
+
+
+@pytest.mark.parametrize("name,published", [
+    ("efficientnet_b0", 5.29e6), ("efficientnet_b1", 7.79e6), ("efficientnet_b2", 9.11e6),
+    ("efficientnet_b3", 12.23e6)])
+def test_efficientnet_param_counts(name, published):
+  assert n_params(name) == pytest.approx(published, rel=0.01)
+
+
+def test_efficientnet_bad_sizes():
+  with pytest.raises(UserError, match="width_mult=0"):
+    create_model("efficientnet_b0", width_mult=0.0)
+  with pytest.raises(UserError, match="depth_mult"):
+    create_model("efficientnet_b0", depth_mult=-1.0)
+  with pytest.raises(UserError, match="odd kernel"):
+    create_model("efficientnet_b0", blocks=((1, 4, 1, 32, 16, 1),))
+  with pytest.raises(UserError, match="config="):
+    hf_efficientnet_to_vitjax({"x": np.zeros(1)}, None)

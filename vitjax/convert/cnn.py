@@ -221,3 +221,62 @@ def hf_convnext_to_vitjax(src, config=None, **overrides):
                 patch_size=int(stem.shape[2]), layer_scale_init=1e-6 if layer_scale else 0.0,
                 head_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)))
   return _finalize(out, kwargs, overrides, what, with_stats=False)
+
+
+# ----------------------------------------------------------------------------
+# EfficientNet.
+
+def hf_efficientnet_to_vitjax(src, config, **overrides):
+  """HF EfficientNet(ForImageClassification|Model) -> (variables, EfficientNet kwargs).
+
+  `config` is required: the stage table (strides, kernels, expand ratios,
+  repeats) and the scaling coefficients cannot be read from the flat list of
+  blocks. Swish activation and mean pooling only.
+  """
+  what = "Hugging Face EfficientNet"
+  cfg = read_json_config(config)
+  if not cfg:
+    raise UserError(f"{what}: pass config= (the model's config.json or EfficientNetConfig); "
+                    "the block layout is not recoverable from the weights alone.")
+  _check_act(cfg, "hidden_act", ("swish", "silu"), what)
+  if cfg.get("pooling_type", "mean") != "mean":
+    raise UserError(f"{what}: pooling_type={cfg['pooling_type']!r} is not supported (mean only).")
+  cols = ("expand_ratios", "kernel_sizes", "strides", "in_channels", "out_channels",
+          "num_block_repeats")
+  blocks = tuple(tuple(int(v) for v in row) for row in zip(*(cfg[c] for c in cols)))
+  kwargs = dict(width_mult=float(cfg["width_coefficient"]),
+                depth_mult=float(cfg["depth_coefficient"]), blocks=blocks,
+                divisor=int(cfg.get("depth_divisor", 8)),
+                se_ratio=float(cfg.get("squeeze_expansion_ratio", 0.25)),
+                depthwise_padding=tuple(int(i) for i in cfg.get("depthwise_padding", ())),
+                bn_eps=float(cfg.get("batch_norm_eps", 1e-3)),
+                dropout=float(cfg.get("dropout_rate", 0.2)))
+  from vitjax.models.efficientnet import EfficientNet  # pylint: disable=g-import-not-at-top
+  ref = EfficientNet(**kwargs)
+  s, prefix = _state(src, what, "embeddings.convolution.weight")
+  out = _Out()
+  out.conv_bn("stem", s, prefix + "embeddings.convolution", prefix + "embeddings.batchnorm")
+  k = 0
+  for i, row in enumerate(blocks):
+    for j in range(ref.round_repeats(row[5])):
+      p, name = f"{prefix}encoder.blocks.{k}.", f"stage_{i}_block_{j}"
+      if row[0] != 1:
+        out.conv_bn(f"{name}/expand", s, p + "expansion.expand_conv", p + "expansion.expand_bn")
+      out.conv_bn(f"{name}/dwconv", s, p + "depthwise_conv.depthwise_conv",
+                  p + "depthwise_conv.depthwise_norm")
+      for part in ("reduce", "expand"):
+        out.put(f"{name}/se/{part}", conv_to_flax(s.take(p + f"squeeze_excite.{part}.weight"),
+                                                 s.take(p + f"squeeze_excite.{part}.bias")))
+      out.conv_bn(f"{name}/project", s, p + "projection.project_conv",
+                  p + "projection.project_bn")
+      k += 1
+  s.check_missing()
+  out.conv_bn("head_conv", s, prefix + "encoder.top_conv", prefix + "encoder.top_bn")
+  head_width = out.params["head_conv/conv/kernel"].shape[-1]
+  if head_width != ref.round_filters(1280):
+    raise UserError(f"{what}: the top conv is {head_width} wide, not round_filters(1280)="
+                    f"{ref.round_filters(1280)}; set hidden_dim accordingly.")
+  num_classes = _head(out, s, "classifier.weight", "classifier.bias")
+  s.finish(ignore=_NBT)
+  kwargs["num_classes"] = num_classes
+  return _finalize(out, kwargs, overrides, what)
