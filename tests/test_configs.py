@@ -14,7 +14,9 @@ from vitjax.models import list_models
 CASES = [("quickstart", None)] + [
     (f"vit_{s}", a) for s in ("ti16", "s16", "b16", "l16")
     for a in (None, "cifar10", "cifar100", "pets")] + [
-    (f"deit_{s}", a) for s in ("tiny", "small", "base") for a in (None, "distilled")]
+    (f"deit_{s}", a) for s in ("tiny", "small", "base") for a in (None, "distilled")] + [
+    ("swin_digits", None), ("swin_digits", "v2"), ("swin_tiny", None), ("swin_tiny", "v2"),
+    ("resnet_digits", None), ("resnet50", None), ("convnext_tiny", None)]
 
 
 def load(name, arg):

@@ -39,8 +39,8 @@ def test_quickstart_short_run_learns_and_writes_metrics(tmp_path):
 
 
 def test_eight_devices_match_one_device(tmp_path):
-  common = FAST + ("total_steps=20", "log_every_steps=1", "eval_every_steps=20",
-                   "model.drop_path_rate=0.1", "batch_size=64", "eval_batch_size=40")
+  common = ("progress_bar=False", "total_steps=20", "log_every_steps=1",
+            "eval_every_steps=20", "batch_size=64", "eval_batch_size=40")  # the quickstart model
   run_main(str(tmp_path / "one"), *common, devices=1)
   run_main(str(tmp_path / "eight"), *common, devices=8)
   a, b = losses(str(tmp_path / "one")), losses(str(tmp_path / "eight"))
@@ -57,8 +57,8 @@ def _free_port():
 
 
 def test_two_processes_match_single_process(tmp_path):
-  common = FAST + ("total_steps=20", "log_every_steps=1", "eval_every_steps=20",
-                   "batch_size=64", "eval_batch_size=40")
+  common = ("progress_bar=False", "total_steps=20", "log_every_steps=1",
+            "eval_every_steps=20", "batch_size=64", "eval_batch_size=40")  # the quickstart model
   run_main(str(tmp_path / "single"), *common, devices=1)
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",

@@ -58,7 +58,12 @@ def main(argv):
     final = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
     sys.stderr.write(f"\nvitjax error: {e}\n")
-    sys.exit(2)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    # Leave without the interpreter's shutdown: background threads of native
+    # libraries (tf.data, Orbax) may still be unwinding, and an abort there
+    # would bury the message above.
+    os._exit(2)
   if final:
     print("final: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()), flush=True)
 

@@ -33,24 +33,55 @@ def to_global_batch(local_batch: dict, mesh) -> dict:
       local_batch)
 
 
-def prefetch_to_mesh(iterator, mesh, size: int = 2):
-  """Moves batches to the devices in a background thread, `size` ahead."""
-  q = queue.Queue(maxsize=size)
-  sentinel = object()
+class prefetch_to_mesh:  # pylint: disable=invalid-name
+  """Moves batches to the devices in a background thread, `size` ahead.
 
-  def producer():
+  An iterator; `close()` stops the thread (the trainer calls it on exit, so no
+  thread is left inside tf.data when the interpreter shuts down).
+  """
+
+  def __init__(self, iterator, mesh, size: int = 2):
+    self._queue = queue.Queue(maxsize=size)
+    self._stop = threading.Event()
+    self._done = object()
+    self._thread = threading.Thread(target=self._produce, args=(iterator, mesh),
+                                    daemon=True)
+    self._thread.start()
+
+  def _put(self, item):
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _produce(self, iterator, mesh):
     try:
       for batch in iterator:
-        q.put(to_global_batch(batch, mesh))
+        if not self._put(to_global_batch(batch, mesh)):
+          break
+      else:
+        self._put(self._done)
     except Exception as e:  # pylint: disable=broad-except
-      q.put(e)
-    q.put(sentinel)
+      self._put(e)
+    finally:
+      close = getattr(iterator, "close", None)
+      if close is not None:
+        close()
 
-  threading.Thread(target=producer, daemon=True).start()
-  while True:
-    item = q.get()
-    if item is sentinel:
-      return
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    item = self._queue.get()
+    if item is self._done:
+      raise StopIteration
     if isinstance(item, Exception):
       raise item
-    yield item
+    return item
+
+  def close(self):
+    self._stop.set()
+    self._thread.join(timeout=30)

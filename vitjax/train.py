@@ -268,6 +268,7 @@ def train_and_evaluate(config, workdir: str):
                         "command again to resume.", done, checkpointer.directory)
         return {"preempted_at_step": done}
   finally:
+    batches.close()
     progress.close()
     checkpointer.wait()
     checkpointer.close()

@@ -24,10 +24,10 @@ Train order, a pure function of (config.seed, global step):
   shuffled by TFDS (`ReadConfig.shuffle_seed` = f(seed, e)), then a seeded
   shuffle buffer (config.dataset.shuffle_buffer, seed f(seed, e)), then
   `skip` to the resume position; images are still encoded while skipped.
-* Process i of P takes positions i, i+P, i+2P, ... of that global order and
-  batches config.batch_size // P of them, so the local batches of step k,
-  interleaved (global row i + r*P = row r of process i), are exactly the
-  single-process batch of step k. With TFDS every process reads the whole
+* Process i of P takes rows [i*L, (i+1)*L) of every global batch of that
+  order (L = config.batch_size // P), so the local batches of step k, stacked
+  in process order, are exactly the single-process batch of step k, row for
+  row. With TFDS every process reads the whole
   stream (and keeps 1/P of it); that costs reading, not decoding.
 * Augmentation is stateless; the seed of an example is derived from
   (seed, epoch, position in the epoch) - not from the process.
@@ -157,6 +157,14 @@ def _derive_seed(*keys: int) -> int:
 # (a, b) for eval, with `source.load(a, b) -> (image, label)`.
 
 
+def _owner(position, batch_size: int, process_count: int):
+  """The process that reads epoch position `position`: global batch rows
+  [i*L, (i+1)*L) go to process i, so the assembled global batch has the
+  single-process row order (per-row randomness such as drop path then
+  matches a single-process run exactly)."""
+  return (position % batch_size) // (batch_size // process_count)
+
+
 @dataclasses.dataclass
 class _Source:
   """Base: what every source provides to the shared pipeline."""
@@ -169,7 +177,7 @@ class _Source:
     return a, b
 
   def train_stream(self, seed, epoch, epoch_len, start, process_index,
-                   process_count) -> tuple[tf.data.Dataset, Any]:
+                   process_count, batch_size) -> tuple[tf.data.Dataset, Any]:
     raise NotImplementedError
 
   def eval_stream(self, process_index,
@@ -189,11 +197,12 @@ class _ArraySource(_Source):
     return self.load_fn(a, b) if self.load_fn else (a, b)
 
   def train_stream(self, seed, epoch, epoch_len, start, process_index,
-                   process_count):
+                   process_count, batch_size):
     n = len(self.train_data[1])
     order = np.random.RandomState(_derive_seed(seed, epoch) % 2**32)
     order = order.permutation(n)[:epoch_len]
-    positions = np.arange(start + process_index, epoch_len, process_count)
+    positions = np.arange(start, epoch_len)
+    positions = positions[_owner(positions, batch_size, process_count) == process_index]
     a, b = (x[order[positions]] for x in self.train_data)
     ds = tf.data.Dataset.from_tensor_slices((positions, (a, b)))
     return ds, (a if self.has_paths else None)
@@ -348,13 +357,14 @@ class _TfdsSource(_Source):
     return ds.map(lambda ex: (ex[self._image_key], ex[self._label_key]))
 
   def train_stream(self, seed, epoch, epoch_len, start, process_index,
-                   process_count):
+                   process_count, batch_size):
     epoch_seed = _derive_seed(seed, epoch)
     ds = self._read(self._train_split, shuffle_seed=epoch_seed)
     ds = ds.shuffle(self._shuffle_buffer, seed=epoch_seed,
                     reshuffle_each_iteration=False)
     ds = ds.take(epoch_len).enumerate().skip(start)
-    return ds.shard(process_count, process_index), None
+    return ds.filter(lambda pos, _: _owner(pos, batch_size, process_count)
+                     == process_index), None
 
   def eval_stream(self, process_index, process_count):
     ds = self._read(self._eval_split)
@@ -463,7 +473,8 @@ def _epoch_batches(source, prep, seed, epoch, epoch_len, start, local_batch,
                    process_index, process_count) -> Iterator[dict]:
   """The batches of one epoch, from global position `start` on."""
   ds, paths = source.train_stream(seed, epoch, epoch_len, start,
-                                  process_index, process_count)
+                                  process_index, process_count,
+                                  local_batch * process_count)
   epoch_seed = tf.constant([_derive_seed(seed, epoch, 1), 0], tf.int64)
 
   def example(pos, raw):
