@@ -1,0 +1,139 @@
+"""PVT v2: sizes, outputs, bad inputs and HF weight parity.
+
+HF reference models are built from tiny configs with every parameter
+re-drawn (LayerNorms included); fp32 logits must agree to 1e-4. The torch
+tests skip without torch / transformers.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vitjax.convert.pvt import hf_pvt_v2_to_vitjax
+from vitjax.errors import UserError
+from vitjax.models import create_model
+from vitjax.models.pvt import PyramidVisionTransformerV2, adaptive_avg_pool_matrix
+
+TOL = 1e-4
+TINY_V2 = dict(embed_dims=(8, 16), depths=(1, 2), num_heads=(1, 2), mlp_ratios=(2, 2),
+               sr_ratios=(2, 1), patch_sizes=(7, 3), strides=(4, 2), num_classes=3)
+
+
+def n_params(tree):
+  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(tree))
+
+
+def count(name, size=224):
+  m = create_model(name)
+  shapes = jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x),
+                          jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  return n_params(shapes["params"]) / 1e6
+
+
+PUBLISHED = {"pvt_v2_b0": 3.7, "pvt_v2_b1": 14.0, "pvt_v2_b2": 25.4, "pvt_v2_b2_li": 22.6,
+             "pvt_v2_b3": 45.2, "pvt_v2_b4": 62.6, "pvt_v2_b5": 82.0}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_param_counts_match_papers(name):
+  got, want = count(name), PUBLISHED[name]
+  assert abs(got - want) / want < 0.01, (name, got, want)
+
+
+def test_adaptive_pool_matrix():
+  m = adaptive_avg_pool_matrix(10, 7)  # windows of 2, overlapping
+  np.testing.assert_allclose(m.sum(1), 1.0)
+  assert m[0, :2].tolist() == [0.5, 0.5] and m[1, 1:3].tolist() == [0.5, 0.5]
+  up = adaptive_avg_pool_matrix(2, 7)  # smaller than 7: repeats inputs
+  assert up.tolist()[3] == [0.5, 0.5] and up[0].tolist() == [1.0, 0.0]
+
+
+def test_v2_outputs_and_drop_path():
+  m = PyramidVisionTransformerV2(**TINY_V2, drop_path_rate=0.3, head_zero_init=False)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  variables = m.init(jax.random.PRNGKey(1), x)
+  logits, out = m.apply(variables, x)
+  assert logits.shape == (2, 3)
+  assert out["stage_0"].shape == (2, 8, 8, 8) and out["stage_1"].shape == (2, 4, 4, 16)
+  assert out["pre_logits"].shape == (2, 16)
+  f = lambda r: m.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(r)})[0]
+  assert not np.allclose(f(0), f(1))  # stochastic depth is active
+
+
+def test_v2_bad_sizes_are_user_errors():
+  m = PyramidVisionTransformerV2(**TINY_V2)
+  # 36 / 4 = 9, 9 % 2 != 0 (stride 2 of stage 1; also sr 2 of stage 0).
+  with pytest.raises(UserError, match=r"Nearest valid sizes: 32 or 40"):
+    m.init(jax.random.PRNGKey(0), jnp.zeros((1, 36, 32, 3)))
+  with pytest.raises(UserError, match=r"stride 4"):
+    m.init(jax.random.PRNGKey(0), jnp.zeros((1, 30, 30, 3)))
+
+
+# ---------------------------------------------------------------------------
+# Parity with HF transformers.
+
+@pytest.fixture(scope="module")
+def torch():
+  torch = pytest.importorskip("torch")
+  torch.set_num_threads(1)
+  return torch
+
+
+@pytest.fixture(scope="module")
+def transformers(torch):
+  del torch
+  return pytest.importorskip("transformers")
+
+
+def randomize(torch, model, seed=0):
+  """LayerNorm scales ~ 1 + N(0, 0.1), the head ~ N(0, 0.5), everything else
+  (biases, convs, BatchNorm affine) ~ N(0, 0.05); BatchNorm running means ~
+  N(0, 0.1), running variances ~ U(0.5, 1.5)."""
+  torch.manual_seed(seed)
+  with torch.no_grad():
+    ln = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
+    for name, p in model.named_parameters():
+      if id(p) in ln:
+        p.normal_(1.0, 0.1)
+      elif name.startswith("classifier"):
+        p.normal_(0.0, 0.5)
+      else:
+        p.normal_(0.0, 0.05)
+    for m in model.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.normal_(0.0, 0.1)
+        m.running_var.uniform_(0.5, 1.5)
+  return model.eval()
+
+
+def _parity_v2(torch, transformers, image, **cfg_kw):
+  cfg = transformers.PvtV2Config(num_labels=5, **cfg_kw)
+  ref = randomize(torch, transformers.PvtV2ForImageClassification(cfg))
+  x = torch.randn(2, 3, image, image, generator=torch.Generator().manual_seed(1))
+  with torch.no_grad():
+    want = ref(pixel_values=x).logits.numpy()
+  params, kw = hf_pvt_v2_to_vitjax(ref.state_dict(), cfg)
+  m = PyramidVisionTransformerV2(**kw)
+  got, _ = m.apply({"params": params}, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
+  diff = float(np.abs(np.asarray(got) - want).max())
+  assert diff <= TOL, diff
+  return diff
+
+
+def test_hf_pvt_v2_parity(torch, transformers):
+  _parity_v2(torch, transformers, 64, hidden_sizes=[8, 16, 24, 32], depths=[1, 2, 1, 1],
+             num_attention_heads=[1, 2, 3, 4], mlp_ratios=[2, 2, 2, 2])
+
+
+def test_hf_pvt_v2_linear_parity(torch, transformers):
+  # 96 px: stage maps 24 (pooled 7x7 from overlapping windows), 12, 6 and 3
+  # (pooled "up" to 7x7).
+  _parity_v2(torch, transformers, 96, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1],
+             num_attention_heads=[1, 2, 2, 4], mlp_ratios=[2, 4, 2, 2],
+             linear_attention=True, layer_norm_eps=1e-5)
+
+
+def test_hf_pvt_v2_rejects_other_weights():
+  with pytest.raises(UserError, match="Not a HF PVT v2"):
+    hf_pvt_v2_to_vitjax({"foo.weight": np.zeros((2, 2))})

@@ -1,0 +1,147 @@
+"""PVT v2 weights from Hugging Face transformers -> vitjax.
+
+`hf_pvt_v2_to_vitjax(state_dict, config=None, **overrides)` converts a
+`PvtV2ForImageClassification` / `PvtV2Model` state dict (transformers 5.x
+names) and returns `(params, model_kwargs)` for
+`vitjax.models.pvt.PyramidVisionTransformerV2`.
+
+Mapping (HF -> vitjax), with L = encoder.layers.{i}:
+  L.patch_embedding.proj / .layer_norm -> stage_{i}_patch_embed / _patch_embed_norm
+  L.blocks.{j}                         -> stage_{i}_block_{j}
+    layer_norm_1 / layer_norm_2        -> norm1 / norm2
+    attention.query                    -> attn/q
+    attention.key + attention.value    -> attn/kv (fused [C, 2C], keys first)
+    attention.spatial_reduction / .layer_norm -> attn/sr / attn/norm
+    attention.proj                     -> attn/proj
+    mlp.dense1 / mlp.dwconv.dwconv / mlp.dense2 -> mlp/fc1 / mlp/dwconv / mlp/fc2
+  L.layer_norm                         -> stage_{i}_norm
+  classifier                           -> head
+
+Widths, depths, kernel sizes, reduction ratios and the MLP ratios are read
+from the weights; heads, strides, linear attention and the LayerNorm epsilon
+from the config (defaults: the released models' values, heads (1, 2, 5, 8)).
+"""
+
+import re
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from vitjax.convert.common import (StateDict, cast_params, conv_to_flax, count_indexed,
+                                   find_prefix, layernorm_to_flax, linear_to_dense,
+                                   load_state_dict, read_json_config, unflatten_params)
+from vitjax.errors import UserError
+
+
+class _Writer:
+  def __init__(self, s: StateDict):
+    self.s, self.flat = s, {}
+
+  def put(self, name, tree):
+    for k, v in tree.items():
+      self.flat[f"{name}/{k}"] = v
+
+  def ln(self, dst, src):
+    self.put(dst, layernorm_to_flax(self.s.take(src + ".weight"), self.s.take(src + ".bias")))
+
+  def dense(self, dst, src):
+    w = self.s.take(src + ".weight")
+    self.put(dst, linear_to_dense(w, self.s.take(src + ".bias", optional=True)))
+    return w
+
+  def conv(self, dst, src):
+    w = self.s.take(src + ".weight")
+    self.put(dst, conv_to_flax(w, self.s.take(src + ".bias", optional=True)))
+    return w
+
+  def kv(self, dst, k, v):
+    kw, vw = self.s.take(k + ".weight"), self.s.take(v + ".weight")
+    kb, vb = self.s.take(k + ".bias", optional=True), self.s.take(v + ".bias", optional=True)
+    if kw is None or vw is None:
+      return
+    self.put(dst, linear_to_dense(np.concatenate([kw, vw]),
+                                  None if kb is None else np.concatenate([kb, vb])))
+    return kb is not None
+
+  def head(self, sd, prefix_free_name="classifier"):
+    if prefix_free_name + ".weight" in sd:
+      self.put("head", linear_to_dense(sd[prefix_free_name + ".weight"],
+                                       sd[prefix_free_name + ".bias"]))
+      self.s.used.update({prefix_free_name + ".weight", prefix_free_name + ".bias"})
+      return int(sd[prefix_free_name + ".bias"].shape[0])
+    return 0
+
+
+def _fix(what, kwargs, overrides, fixed):
+  for k in overrides:
+    if k in fixed and k in kwargs and overrides[k] != kwargs[k]:
+      raise UserError(f"{what}: {k}={overrides[k]!r} contradicts the checkpoint "
+                      f"({k}={kwargs[k]!r}); it cannot be overridden.")
+
+
+def hf_pvt_v2_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **overrides
+                        ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """HF PvtV2 state dict (+ optional config) -> (params, model_kwargs)."""
+  what = "HF PVT v2"
+  sd = load_state_dict(state_dict)
+  cfg = read_json_config(config) or {}
+  prefix = find_prefix(sd, "encoder.layers.0.patch_embedding.proj.weight")
+  if prefix is None:
+    raise UserError(f"Not a {what} state dict: no tensor named "
+                    "*encoder.layers.0.patch_embedding.proj.weight.")
+  s = StateDict(sd, what, prefix)
+  wr = _Writer(s)
+  num_stages = count_indexed(sd, re.escape(prefix + "encoder.layers.") + r"(\d+)\.")
+  linear = bool(cfg.get("linear_attention", False))
+  dims, depths, patch_sizes, srs, mlp_ratios, qkv_bias = [], [], [], [], [], True
+  for i in range(num_stages):
+    L = f"encoder.layers.{i}."
+    w = wr.conv(f"stage_{i}_patch_embed", L + "patch_embedding.proj")
+    wr.ln(f"stage_{i}_patch_embed_norm", L + "patch_embedding.layer_norm")
+    dims.append(int(w.shape[0]))
+    patch_sizes.append(int(w.shape[2]))
+    depth = count_indexed(sd, re.escape(prefix + L + "blocks.") + r"(\d+)\.")
+    depths.append(depth)
+    sr = 1
+    for j in range(depth):
+      p, t = L + f"blocks.{j}.", f"stage_{i}_block_{j}"
+      wr.ln(f"{t}/norm1", p + "layer_norm_1")
+      wr.ln(f"{t}/norm2", p + "layer_norm_2")
+      wr.dense(f"{t}/attn/q", p + "attention.query")
+      qkv_bias = bool(wr.kv(f"{t}/attn/kv", p + "attention.key", p + "attention.value"))
+      wr.dense(f"{t}/attn/proj", p + "attention.proj")
+      if s.has(p + "attention.spatial_reduction.weight"):
+        srw = wr.conv(f"{t}/attn/sr", p + "attention.spatial_reduction")
+        wr.ln(f"{t}/attn/norm", p + "attention.layer_norm")
+        sr = int(srw.shape[2])
+      w1 = wr.dense(f"{t}/mlp/fc1", p + "mlp.dense1")
+      wr.conv(f"{t}/mlp/dwconv", p + "mlp.dwconv.dwconv")
+      wr.dense(f"{t}/mlp/fc2", p + "mlp.dense2")
+      if j == 0 and w1 is not None:
+        mlp_ratios.append(w1.shape[0] / w1.shape[1])
+    srs.append(sr)
+    wr.ln(f"stage_{i}_norm", L + "layer_norm")
+  num_classes = wr.head(sd)
+  s.finish(ignore=[r"\.num_batches_tracked$"])
+  if linear and any(r != 1 for r in srs):
+    raise UserError(f"{what}: config says linear_attention but the reductions are "
+                    f"{srs}; pass the checkpoint's own config.")
+  kwargs = dict(
+      num_classes=num_classes, embed_dims=tuple(dims), depths=tuple(depths),
+      num_heads=tuple(int(h) for h in cfg.get("num_attention_heads", (1, 2, 5, 8))),
+      mlp_ratios=tuple(mlp_ratios),
+      sr_ratios=tuple(int(r) for r in cfg.get("sr_ratios", srs)) if linear else tuple(srs),
+      patch_sizes=tuple(patch_sizes),
+      strides=tuple(int(x) for x in cfg.get("strides", (4, 2, 2, 2)[:num_stages])),
+      linear=linear, qkv_bias=qkv_bias,
+      layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-6)), drop_path_rate=0.0)
+  _fix(what, kwargs, overrides, ("embed_dims", "depths", "mlp_ratios", "sr_ratios",
+                                 "patch_sizes", "linear", "qkv_bias"))
+  kwargs.update(overrides)
+  flat = wr.flat
+  if num_classes and kwargs["num_classes"] != num_classes:
+    flat = {k: v for k, v in flat.items() if not k.startswith("head/")}
+  return cast_params(unflatten_params(flat), param_dtype), kwargs
+
+
+__all__ = ["hf_pvt_v2_to_vitjax"]

@@ -1,0 +1,319 @@
+"""Pyramid Vision Transformer v2 (Wang et al. 2022, "PVT v2: Improved
+Baselines with Pyramid Vision Transformer").
+
+image -> 4 stages; each stage starts with an overlapping patch embedding (a
+strided conv with zero padding k // 2: k7 s4 for stage 0, k3 s2 after, then
+LayerNorm), runs `depths[i]` pre-norm blocks and ends with a LayerNorm; the
+last map is average pooled -> linear head (v2 Sec. 3, Fig. 2).
+
+Block:  x + DropPath(SRA(LN(x))),  x + DropPath(ConvFFN(LN(x))).
+- Spatial-reduction attention (v1 Sec. 3.3): queries come from every token;
+  keys / values from the map reduced by a conv of kernel = stride = R_i
+  (sr_ratios 8, 4, 2, 1) followed by LayerNorm (no reduction when R_i = 1).
+- Linear SRA (v2 Sec. 3.1, `linear=True`, PVTv2-b2-li): the map is average
+  pooled to 7x7 (adaptive: window i covers rows floor(i H / 7) to
+  ceil((i + 1) H / 7)), then a 1x1 conv, LayerNorm and GELU; the ConvFFN
+  then also has a ReLU after fc1 (as the released code).
+- Convolutional feed-forward (v2 Sec. 3.3): fc1 -> 3x3 depthwise conv (zero
+  padding, doubles as position encoding: there is no position embedding)
+  -> GELU -> fc2.
+
+Input sizes: every stage's map must be the input divided exactly by the
+product of the strides so far, and divisible by that stage's reduction ratio
+(224 -> 56, 28, 14, 7 for the standard models: any multiple of 32 works).
+Other sizes are refused with a UserError naming the nearest valid sizes.
+
+`__call__(images, train=False)` returns `(logits, out)`; `out` holds
+'stage_{i}' (NHWC map after stage i's final LayerNorm), 'feature_map' (the
+last of them) and 'pre_logits' (the pooled features).
+
+Weights: vitjax.convert.pvt imports HF `PvtV2ForImageClassification`.
+"""
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitjax.errors import UserError
+from vitjax.models.layers import DropPath, dot_product_attention
+from vitjax.models.layers.mlp import gelu
+from vitjax.models.registry import register_model
+
+_TRUNC = nn.initializers.truncated_normal(stddev=0.02)
+
+
+def _size_problem(size, strides, sr_ratios, linear):
+  r = size
+  for i, s in enumerate(strides):
+    if r % s:
+      return f"stage {i} gets a side of {r}, not divisible by its stride {s}"
+    r //= s
+    if not linear and sr_ratios[i] > 1 and r % sr_ratios[i]:
+      return (f"stage {i} has a side of {r}, not divisible by its spatial-reduction "
+              f"ratio {sr_ratios[i]}")
+  return None
+
+
+def check_input_size(h, w, strides, sr_ratios, linear=False, family="PVT v2"):
+  """Raises UserError unless every stage reduces an h x w input exactly."""
+  problems = []
+  for name, size in (("height", h), ("width", w)):
+    why = _size_problem(size, strides, sr_ratios, linear)
+    if why:
+      lo = next((s for s in range(size - 1, 0, -1)
+                 if not _size_problem(s, strides, sr_ratios, linear)), None)
+      hi = next(s for s in range(size + 1, 64 * size + 2)
+                if not _size_problem(s, strides, sr_ratios, linear))
+      near = " or ".join(str(s) for s in (lo, hi) if s)
+      problems.append(f"input {name} {size}: {why}. Nearest valid sizes: {near}")
+  if problems:
+    raise UserError(
+        f"{family} (strides {tuple(strides)}, sr_ratios {tuple(sr_ratios)}) needs an "
+        "input whose sides each stage's stride divides exactly and whose stage maps "
+        "are divisible by the spatial-reduction ratio. " + "; ".join(problems) +
+        " (set via --config.input.image_size).")
+
+
+def adaptive_avg_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out, n_in] averaging weights of adaptive average pooling along one
+  axis: output i averages inputs floor(i n_in / n_out) .. ceil((i+1) n_in / n_out) - 1."""
+  m = np.zeros((n_out, n_in), np.float32)
+  for i in range(n_out):
+    a, b = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+    m[i, a:b] = 1.0 / (b - a)
+  return m
+
+
+def adaptive_avg_pool(x, size: int):
+  """NHWC adaptive average pooling to size x size."""
+  _, h, w, _ = x.shape
+  ph = jnp.asarray(adaptive_avg_pool_matrix(h, size), x.dtype)
+  pw = jnp.asarray(adaptive_avg_pool_matrix(w, size), x.dtype)
+  return jnp.einsum("ih,jw,bhwc->bijc", ph, pw, x)
+
+
+class SpatialReductionAttention(nn.Module):
+  """Multi-head attention whose keys / values come from a reduced map.
+
+  sr_ratio R > 1: conv k = s = R then LayerNorm on the k/v source (PVT);
+  linear: adaptive avg pool to `pool_size`, 1x1 conv, LayerNorm, GELU (PVT v2-li).
+  Parameters: q (D -> D), kv (D -> 2D, keys first), proj; sr, norm.
+  """
+  num_heads: int
+  sr_ratio: int = 1
+  linear: bool = False
+  pool_size: int = 7
+  qkv_bias: bool = True
+  attention_dropout: float = 0.0
+  dropout: float = 0.0
+  layer_norm_eps: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, hw, deterministic: bool = True, cls_token=None):
+    b, n, d = x.shape
+    h, w = hw
+    heads = self.num_heads
+    q = nn.Dense(d, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=_TRUNC,
+                 name="q")(x)
+    src = x
+    if self.linear or self.sr_ratio > 1:
+      grid = x[:, n - h * w:].reshape(b, h, w, d)
+      if self.linear:
+        grid = adaptive_avg_pool(grid, self.pool_size)
+        k, s = 1, 1
+      else:
+        k = s = self.sr_ratio
+      grid = nn.Conv(d, (k, k), strides=(s, s), padding="VALID", dtype=self.dtype,
+                     name="sr")(grid)
+      src = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
+                         name="norm")(grid.reshape(b, -1, d))
+      if self.linear:
+        src = gelu(src)
+      if n > h * w:  # PVT v1: the class token (first) is a key / value too
+        src = jnp.concatenate([x[:, :n - h * w], src], axis=1)
+    kv = nn.Dense(2 * d, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=_TRUNC,
+                  name="kv")(src)
+    k_, v_ = jnp.split(kv.reshape(b, -1, 2, heads, d // heads), 2, axis=2)
+    drop = nn.Dropout(self.attention_dropout)
+    out = dot_product_attention(
+        q.reshape(b, n, heads, d // heads), k_[:, :, 0], v_[:, :, 0],
+        dropout_fn=lambda a: drop(a, deterministic=deterministic),
+        sow_fn=lambda a: self.sow("intermediates", "attention", a))
+    out = nn.Dense(d, dtype=self.dtype, kernel_init=_TRUNC, name="proj")(
+        out.reshape(b, n, d))
+    return nn.Dropout(self.dropout)(out, deterministic=deterministic)
+
+
+class ConvFFN(nn.Module):
+  """fc1 -> (ReLU if linear) -> 3x3 depthwise conv -> GELU -> fc2 (PVT v2)."""
+  hidden_dim: int
+  linear: bool = False
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, hw, deterministic: bool = True):
+    b, n, d = x.shape
+    h, w = hw
+    x = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=_TRUNC, name="fc1")(x)
+    if self.linear:
+      x = jax.nn.relu(x)
+    x = nn.Conv(self.hidden_dim, (3, 3), padding=((1, 1), (1, 1)),
+                feature_group_count=self.hidden_dim, dtype=self.dtype,
+                name="dwconv")(x.reshape(b, h, w, -1)).reshape(b, n, -1)
+    x = gelu(x)
+    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    x = nn.Dense(d, dtype=self.dtype, kernel_init=_TRUNC, name="fc2")(x)
+    return nn.Dropout(self.dropout)(x, deterministic=deterministic)
+
+
+class PvtBlock(nn.Module):
+  """Pre-norm block: SRA and a feed-forward (ConvFFN in v2, Mlp in v1)."""
+  num_heads: int
+  sr_ratio: int
+  mlp_ratio: float
+  version: int = 2
+  linear: bool = False
+  qkv_bias: bool = True
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  drop_path: float = 0.0
+  layer_norm_eps: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, hw, deterministic: bool = True):
+    d = x.shape[-1]
+    y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm1")(x)
+    y = SpatialReductionAttention(
+        self.num_heads, self.sr_ratio, linear=self.linear, qkv_bias=self.qkv_bias,
+        attention_dropout=self.attention_dropout, dropout=self.dropout,
+        layer_norm_eps=self.layer_norm_eps, dtype=self.dtype, name="attn")(
+            y, hw, deterministic)
+    x = x + DropPath(self.drop_path)(y, deterministic)
+    y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm2")(x)
+    hidden = int(d * self.mlp_ratio)
+    if self.version == 2:
+      y = ConvFFN(hidden, linear=self.linear, dropout=self.dropout, dtype=self.dtype,
+                  name="mlp")(y, hw, deterministic)
+    else:
+      from vitjax.models.layers import Mlp  # pylint: disable=g-import-not-at-top
+      y = Mlp(hidden, dropout=self.dropout, dtype=self.dtype, kernel_init=_TRUNC,
+              bias_init=nn.initializers.zeros, name="mlp")(y, deterministic)
+    return x + DropPath(self.drop_path)(y, deterministic)
+
+
+def _head(module, pooled, out):
+  out["pre_logits"] = pooled
+  if not module.num_classes:
+    return pooled.astype(jnp.float32), out
+  init = nn.initializers.zeros if module.head_zero_init else _TRUNC
+  logits = nn.Dense(module.num_classes, kernel_init=init, dtype=module.dtype,
+                    name="head")(pooled)
+  out["logits"] = logits
+  return logits.astype(jnp.float32), out
+
+
+class PyramidVisionTransformerV2(nn.Module):
+  """PVT v2 classifier over NHWC images.
+
+  embed_dims / depths / num_heads / mlp_ratios / sr_ratios: per stage.
+  patch_sizes / strides: the overlapping patch embedding of each stage.
+  linear: linear SRA (7x7 pooling) instead of the strided-conv reduction.
+  drop_path_rate: stochastic depth, linear over all blocks from 0.
+  num_classes: 0 gives no head (logits = pooled features).
+  """
+  num_classes: int = 1000
+  embed_dims: Sequence[int] = (64, 128, 320, 512)
+  depths: Sequence[int] = (3, 4, 6, 3)
+  num_heads: Sequence[int] = (1, 2, 5, 8)
+  mlp_ratios: Sequence[float] = (8, 8, 4, 4)
+  sr_ratios: Sequence[int] = (8, 4, 2, 1)
+  patch_sizes: Sequence[int] = (7, 3, 3, 3)
+  strides: Sequence[int] = (4, 2, 2, 2)
+  linear: bool = False
+  qkv_bias: bool = True
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  drop_path_rate: float = 0.1
+  layer_norm_eps: float = 1e-6
+  head_zero_init: bool = True
+  dtype: Any = jnp.float32
+
+  def _checks(self, h, w):
+    n = len(self.depths)
+    for field in ("embed_dims", "num_heads", "mlp_ratios", "sr_ratios", "patch_sizes",
+                  "strides"):
+      if len(getattr(self, field)) != n:
+        raise UserError(f"PVT v2: {field}={tuple(getattr(self, field))} must have one "
+                        f"entry per stage ({n}, as depths={tuple(self.depths)}).")
+    for i, (d, hd) in enumerate(zip(self.embed_dims, self.num_heads)):
+      if d % hd:
+        raise UserError(f"PVT v2 stage {i}: width {d} is not divisible by num_heads={hd}.")
+    check_input_size(h, w, self.strides, self.sr_ratios, self.linear)
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    b, h, w, _ = images.shape
+    self._checks(h, w)
+    det = not train
+    out = {}
+    x = images.astype(self.dtype)
+    total = sum(self.depths)
+    dpr = np.linspace(0.0, self.drop_path_rate, total) if total > 1 else [0.0] * total
+    k = 0
+    for i, depth in enumerate(self.depths):
+      p, s = self.patch_sizes[i], self.strides[i]
+      x = nn.Conv(self.embed_dims[i], (p, p), strides=(s, s),
+                  padding=((p // 2, p // 2),) * 2, dtype=self.dtype,
+                  name=f"stage_{i}_patch_embed")(x)
+      _, gh, gw, d = x.shape
+      x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
+                       name=f"stage_{i}_patch_embed_norm")(x.reshape(b, gh * gw, d))
+      for j in range(depth):
+        x = PvtBlock(self.num_heads[i], self.sr_ratios[i], self.mlp_ratios[i],
+                     version=2, linear=self.linear, qkv_bias=self.qkv_bias,
+                     dropout=self.dropout, attention_dropout=self.attention_dropout,
+                     drop_path=float(dpr[k]), layer_norm_eps=self.layer_norm_eps,
+                     dtype=self.dtype, name=f"stage_{i}_block_{j}")(x, (gh, gw), det)
+        k += 1
+      x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
+                       name=f"stage_{i}_norm")(x).reshape(b, gh, gw, d)
+      out[f"stage_{i}"] = x
+    out["feature_map"] = x
+    return _head(self, jnp.mean(x, axis=(1, 2)), out)
+
+
+# PVT v2 Table 1 / released configs (224x224, 1000 classes): b0 3.7M, b1 14.0M,
+# b2 25.4M, b2-li 22.6M, b3 45.2M, b4 62.6M, b5 82.0M.
+_V2_SMALL = dict(num_heads=(1, 2, 5, 8), sr_ratios=(8, 4, 2, 1))
+PVT_V2_SIZES = {
+    "b0": dict(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), mlp_ratios=(8, 8, 4, 4)),
+    "b1": dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 2, 2), mlp_ratios=(8, 8, 4, 4)),
+    "b2": dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3), mlp_ratios=(8, 8, 4, 4)),
+    "b2_li": dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3),
+                  mlp_ratios=(8, 8, 4, 4), linear=True),
+    "b3": dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 18, 3), mlp_ratios=(8, 8, 4, 4)),
+    "b4": dict(embed_dims=(64, 128, 320, 512), depths=(3, 8, 27, 3), mlp_ratios=(8, 8, 4, 4)),
+    "b5": dict(embed_dims=(64, 128, 320, 512), depths=(3, 6, 40, 3), mlp_ratios=(4, 4, 4, 4)),
+}
+# Stochastic depth of the released ImageNet-1k recipes.
+PVT_V2_DROP_PATH = {"b0": 0.1, "b1": 0.1, "b2": 0.1, "b2_li": 0.1, "b3": 0.2, "b4": 0.3,
+                    "b5": 0.3}
+
+
+def _register_v2(size):
+  def factory(**overrides):
+    kw = dict(_V2_SMALL, **PVT_V2_SIZES[size], drop_path_rate=PVT_V2_DROP_PATH[size])
+    kw.update(overrides)
+    return PyramidVisionTransformerV2(**kw)
+  factory.__doc__ = f"PVT v2-{size.replace('_', '-')}, 224x224."
+  register_model(factory, name=f"pvt_v2_{size}")
+
+
+for _size in PVT_V2_SIZES:
+  _register_v2(_size)
