@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vitjax.convert.mobilevit import hf_mobilevit_to_vitjax
+from vitjax.convert.mobilevit import hf_mobilevit_to_vitjax, hf_mobilevitv2_to_vitjax
 from vitjax.errors import UserError
 from vitjax.models import create_model, list_models
-from vitjax.models.mobilevit import MobileViT, fold, unfold
+from vitjax.models.mobilevit import MobileViT, MobileViTV2, fold, unfold
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +140,78 @@ def test_mobilevit_registered_and_bad_inputs():
     create_model("mobilevit_s", widths=(16, 32))
   with pytest.raises(UserError, match="config="):
     hf_mobilevit_to_vitjax({"x": np.zeros(1)}, None)
+
+
+# ---------------------------------------------------------------------------
+# v2.
+
+@pytest.mark.parametrize("case", ["classifier", "bare"])
+def test_hf_mobilevitv2_parity(torch, transformers, case):
+  """Width x0.25 classifier with depths (1, 2, 1); and a bare MobileViTV2Model
+  at x0.3 (non-multiple widths rounded), FFN multiplier 3 (FFN widths
+  floored to multiples of 16) and expansion 3, at 64x64."""
+  if case == "classifier":
+    cfg = transformers.MobileViTV2Config(width_multiplier=0.25, n_attn_blocks=[1, 2, 1],
+                                         num_labels=5)
+    ref = transformers.MobileViTV2ForImageClassification(cfg)
+  else:
+    cfg = transformers.MobileViTV2Config(width_multiplier=0.3, n_attn_blocks=[1, 1, 2],
+                                         ffn_multiplier=3, expand_ratio=3.0)
+    ref = transformers.MobileViTV2Model(cfg)
+  ref = randomize(torch, ref)
+  variables, kw = hf_mobilevitv2_to_vitjax(ref.state_dict(), cfg)
+  x, x_nhwc = images(torch, 64, 64)
+  with torch.no_grad():
+    r = ref(pixel_values=x)
+  want = r.logits if case == "classifier" else r.pooler_output
+  got, out = run(MobileViTV2, variables, kw, x_nhwc)
+  assert_close(f"hf MobileViTV2 {case}", want.numpy(), got)
+  assert kw["depths"] == tuple(cfg.n_attn_blocks)
+  assert out["stage_4"].shape[:3] == (2, 2, 2)
+
+
+def test_separable_attention_is_linear_and_permutation_equivariant():
+  """No N x N matrix: the context vector is shared by all patches, so
+  permuting the patches permutes the output the same way."""
+  from vitjax.models.mobilevit import SeparableSelfAttention  # pylint: disable=g-import-not-at-top
+  m = SeparableSelfAttention()
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 7, 8))
+  v = m.init(jax.random.PRNGKey(1), x)
+  y, state = m.apply(v, x, mutable=["intermediates"])
+  scores = state["intermediates"]["context_scores"][0]
+  assert scores.shape == (1, 4, 7, 1)
+  np.testing.assert_allclose(np.sum(scores, axis=2), 1.0, rtol=1e-6)
+  perm = np.array([3, 0, 6, 1, 5, 2, 4])
+  np.testing.assert_allclose(m.apply(v, x[:, :, perm]), y[:, :, perm], atol=1e-5)
+
+
+@pytest.mark.parametrize("name,published", [
+    ("mobilevitv2_050", 1.4e6), ("mobilevitv2_075", 2.9e6), ("mobilevitv2_100", 4.9e6),
+    ("mobilevitv2_125", 7.5e6), ("mobilevitv2_150", 10.6e6), ("mobilevitv2_175", 14.3e6),
+    ("mobilevitv2_200", 18.4e6)])
+def test_mobilevitv2_param_counts(name, published):
+  # Published counts are rounded to 0.1M (x0.5 has 1.37M, x0.75 2.87M, as in
+  # the reference checkpoints); the others are within 1%.
+  n = n_params(name)
+  assert round(n / 1e5) == round(published / 1e5), n
+  if name not in ("mobilevitv2_050", "mobilevitv2_075"):
+    assert n == pytest.approx(published, rel=0.01)
+
+
+def test_mobilevitv2_bad_inputs():
+  names = set(list_models("mobilevitv2_*"))
+  assert names == {f"mobilevitv2_{k}" for k in ("050", "075", "100", "125", "150", "175", "200")}
+  with pytest.raises(UserError, match=r"width_mult=0.0.*nearest: 0.5"):
+    create_model("mobilevitv2_100", width_mult=0.0)
+  with pytest.raises(UserError, match=r"width_mult=-1.*nearest: 0.5"):
+    create_model("mobilevitv2_100", width_mult=-1)
+  with pytest.raises(UserError, match=r"width_mult='1'"):
+    create_model("mobilevitv2_100", width_mult="1")
+  m = create_model("mobilevitv2_050", num_classes=3)
+  with pytest.raises(UserError, match=r"multiple of 64.*height 192 or 256, width 64\."):
+    jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x),
+                   jax.ShapeDtypeStruct((1, 224, 64, 3), jnp.float32))
+  with pytest.raises(UserError, match="depths"):
+    create_model("mobilevitv2_050", depths=(2, 4))
+  with pytest.raises(UserError, match="config="):
+    hf_mobilevitv2_to_vitjax({"x": np.zeros(1)}, None)

@@ -120,3 +120,79 @@ def hf_mobilevit_to_vitjax(src, config, **overrides
   if not cfg.get("qkv_bias", True):
     raise UserError(f"{_WHAT}: qkv_bias=False is not supported.")
   return _finalize(out, kwargs, overrides, _WHAT)
+
+
+# ----------------------------------------------------------------------------
+# MobileViT v2.
+
+_WHAT2 = "HF MobileViTV2"
+
+
+def _conv1x1_dense(s: StateDict, p: str):
+  """A 1x1 torch conv with bias -> a flax Dense over channels."""
+  w = s.take(p + ".weight")
+  return linear_to_dense(w.reshape(w.shape[0], w.shape[1]), s.take(p + ".bias"))
+
+
+def hf_mobilevitv2_to_vitjax(src, config, **overrides
+                             ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """HF MobileViTV2 state dict -> (variables, MobileViTV2 kwargs).
+
+  The width multiplier, FFN multiplier and expansion come from the config
+  (required); the transformer depths from the weights.
+  """
+  cfg = read_json_config(config)
+  if cfg is None:
+    raise UserError(f"{_WHAT2}: pass config= (the HF config.json, a dict or a "
+                    "MobileViTV2Config): the width multiplier is not in the weights.")
+  _check_act(cfg, "hidden_act", ("swish", "silu"), _WHAT2)
+  for key, want in (("output_stride", 32), ("conv_kernel_size", 3),
+                    ("base_attn_unit_dims", [128, 192, 256])):
+    got = cfg.get(key, want)
+    if (list(got) if isinstance(got, (list, tuple)) else got) != want:
+      raise UserError(f"{_WHAT2}: {key}={got!r} is not supported (vitjax uses {want}).")
+  s, p = _state(src, _WHAT2, "conv_stem.convolution.weight")
+  out = _Out()
+  out.conv_bn("stem", s, p + "conv_stem.convolution", p + "conv_stem.normalization")
+  e = p + "encoder.layer."
+  _ir(out, s, "stage_0_block_0", e + "0.layer.0")
+  for j in range(2):
+    _ir(out, s, f"stage_1_block_{j}", f"{e}1.layer.{j}")
+  depths = []
+  for i in range(3):
+    q = f"{e}{i + 2}."
+    name = f"stage_{i + 2}"
+    _ir(out, s, f"{name}_down", q + "downsampling_layer")
+    m = f"{name}_mobilevit"
+    out.conv_bn(f"{m}/conv_kxk", s, q + "conv_kxk.convolution", q + "conv_kxk.normalization")
+    out.put(f"{m}/conv_1x1", conv_to_flax(s.take(q + "conv_1x1.convolution.weight")))
+    depth = count_indexed(s.sd, rf"{q.replace('.', '[.]')}transformer[.]layer[.](\d+)[.]")
+    depths.append(depth)
+    for j in range(depth):
+      t, n = f"{q}transformer.layer.{j}.", f"{m}/transformer_{j}"
+      for ours, theirs in (("norm1", "layernorm_before"), ("norm2", "layernorm_after")):
+        out.put(f"{n}/{ours}", layernorm_to_flax(s.take(t + theirs + ".weight"),
+                                                 s.take(t + theirs + ".bias")))
+      out.put(f"{n}/attn/qkv", _conv1x1_dense(s, t + "attention.qkv_proj.convolution"))
+      out.put(f"{n}/attn/proj", _conv1x1_dense(s, t + "attention.out_proj.convolution"))
+      out.put(f"{n}/mlp/fc1", _conv1x1_dense(s, t + "ffn.conv1.convolution"))
+      out.put(f"{n}/mlp/fc2", _conv1x1_dense(s, t + "ffn.conv2.convolution"))
+    out.put(f"{m}/norm", layernorm_to_flax(s.take(q + "layernorm.weight"),
+                                           s.take(q + "layernorm.bias")))
+    out.conv_bn(f"{m}/conv_proj", s, q + "conv_projection.convolution",
+                q + "conv_projection.normalization")
+  num_classes = _head(out, s, "classifier.weight", "classifier.bias")
+  s.finish(ignore=_NBT)
+  kwargs = dict(
+      num_classes=num_classes, width_mult=float(cfg.get("width_multiplier", 1.0)),
+      depths=tuple(depths), expand_ratio=float(cfg.get("expand_ratio", 2.0)),
+      ffn_multiplier=float(cfg.get("ffn_multiplier", 2.0)),
+      patch_size=int(cfg.get("patch_size", 2)),
+      ln_eps=float(cfg.get("layer_norm_eps", 1e-5)))
+  stem = out.params["stem/bn/bias"].shape[0]
+  from vitjax.models.mobilevit import MobileViTV2  # pylint: disable=g-import-not-at-top
+  want = MobileViTV2(width_mult=kwargs["width_mult"]).widths()[0]
+  if stem != want:
+    raise UserError(f"{_WHAT2}: the stem has {stem} channels but width_multiplier="
+                    f"{kwargs['width_mult']} gives {want}: config and weights disagree.")
+  return _finalize(out, kwargs, overrides, _WHAT2)

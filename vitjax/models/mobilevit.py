@@ -255,3 +255,194 @@ def _register_v1(size):
 
 for _size in MOBILEVIT_SIZES:
   _register_v1(_size)
+
+
+# ----------------------------------------------------------------------------
+# MobileViT v2 (Mehta & Rastegari 2022, "Separable Self-attention for Mobile
+# Vision Transformers").
+#
+# Same skeleton as v1 (stem, two MobileNetV2 stages -- stage_1 has 2 blocks
+# here --, three stride-2 MobileNetV2 + MobileViT-v2 blocks, pool, head; no
+# 1x1 head conv), every width scaled by one multiplier alpha (paper Sec. 4,
+# widths 0.5 ... 2.0). Changes in the block (paper Fig. 4 / Sec. 3.3):
+# - the local 3x3 conv is depthwise; there is no concat-and-fuse: the block
+#   ends with the 1x1 projection (BN, no activation);
+# - the norms are GroupNorm with one group over (pixel-in-patch, patch,
+#   channel), i.e. a LayerNorm over the whole unfolded map of an image;
+# - separable self-attention replaces multi-head attention: a 1x1 projection
+#   gives a 1-channel query I, keys K and values V; context scores
+#   c = softmax(I) over the N patches (separately for each of the P pixel
+#   positions); context vector cv = sum_n c_n K_n; out = W_o (ReLU(V) * cv).
+#   Cost is linear in N: no N x N matrix is formed.
+
+
+class SeparableSelfAttention(nn.Module):
+  """Separable (linear) self-attention over [B, P, N, d] (see above)."""
+  attention_dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    d = x.shape[-1]
+    qkv = nn.Dense(1 + 2 * d, dtype=self.dtype, name="qkv")(x)
+    query, key, value = qkv[..., :1], qkv[..., 1:1 + d], qkv[..., 1 + d:]
+    scores = jax.nn.softmax(query.astype(jnp.float32), axis=2).astype(key.dtype)
+    self.sow("intermediates", "context_scores", scores)
+    scores = nn.Dropout(self.attention_dropout)(scores, deterministic=deterministic)
+    context = jnp.sum(key * scores, axis=2, keepdims=True)  # [B, P, 1, d]
+    return nn.Dense(d, dtype=self.dtype, name="proj")(jax.nn.relu(value) * context)
+
+
+class TransformerLayerV2(nn.Module):
+  """x + Attn(GN(x)), then x + FFN(GN(x)); GN: GroupNorm with one group."""
+  ffn_dim: int
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  drop_path: float = 0.0
+  ln_eps: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    det = not train
+    y = nn.GroupNorm(num_groups=1, epsilon=self.ln_eps, dtype=self.dtype, name="norm1")(x)
+    y = SeparableSelfAttention(self.attention_dropout, dtype=self.dtype, name="attn")(y, det)
+    x = x + DropPath(self.drop_path)(y, det)
+    y = nn.GroupNorm(num_groups=1, epsilon=self.ln_eps, dtype=self.dtype, name="norm2")(x)
+    y = Mlp(self.ffn_dim, dropout=self.dropout, act=_silu, dtype=self.dtype, name="mlp")(y, det)
+    return x + DropPath(self.drop_path)(y, det)
+
+
+class MobileViTV2Block(nn.Module):
+  """Depthwise 3x3 -> 1x1 to d -> unfold -> separable-attention layers -> GN ->
+  fold -> 1x1 projection back (BN)."""
+  dim: int
+  depth: int
+  ffn_dim: int
+  patch_size: int = 2
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  drop_path: float = 0.0
+  ln_eps: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    b, h, w, c = x.shape
+    p = self.patch_size
+    if h % p or w % p:
+      raise UserError(f"MobileViTV2 block: a {h}x{w} feature map does not split into "
+                      f"{p}x{p} patches; use an image size that is a multiple of "
+                      f"{32 * p}.")
+    y = ConvBN(c, 3, groups=c, act=_silu, dtype=self.dtype, name="conv_kxk")(x, train)
+    y = nn.Conv(self.dim, (1, 1), use_bias=False, dtype=self.dtype, name="conv_1x1")(y)
+    t = unfold(y, p).reshape(b, p * p, (h // p) * (w // p), self.dim)
+    for i in range(self.depth):
+      t = TransformerLayerV2(self.ffn_dim, self.dropout, self.attention_dropout,
+                             self.drop_path, self.ln_eps, dtype=self.dtype,
+                             name=f"transformer_{i}")(t, train)
+    t = nn.GroupNorm(num_groups=1, epsilon=self.ln_eps, dtype=self.dtype, name="norm")(t)
+    y = fold(t.reshape(b * p * p, -1, self.dim), p, b, h, w)
+    return ConvBN(c, 1, dtype=self.dtype, name="conv_proj")(y, train)
+
+
+# Paper Sec. 4 / the reference configuration at width 1.0: stage widths
+# (stem, stage_0..4), transformer widths d of stages 2-4, and their depths.
+V2_WIDTHS = (32, 64, 128, 256, 384, 512)
+V2_DIMS = (128, 192, 256)
+V2_DEPTHS = (2, 4, 3)
+V2_PUBLISHED = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+
+
+class MobileViTV2(nn.Module):
+  """MobileViT v2 classifier over NHWC images.
+
+  width_mult: alpha, scaling every width (stem clipped to [16, 64]; stage_0 to
+    a multiple of 16, the others of 8).
+  ffn_multiplier: FFN width = ffn_multiplier * d, floored to a multiple of 16.
+  num_classes: 0 gives no head (logits are the pooled features).
+  """
+  num_classes: int = 1000
+  width_mult: float = 1.0
+  depths: Tuple[int, ...] = V2_DEPTHS
+  expand_ratio: float = 2.0
+  ffn_multiplier: float = 2.0
+  patch_size: int = 2
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  classifier_dropout: float = 0.1
+  drop_path_rate: float = 0.0
+  ln_eps: float = 1e-5
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    super().__post_init__()
+    wm = self.width_mult
+    if not isinstance(wm, (int, float)) or not wm > 0 or wm > 16:
+      raise UserError(
+          f"MobileViTV2 width_mult={wm!r}: must be a number in (0, 16] (it scales "
+          f"every channel count); the published multipliers are "
+          f"{', '.join(map(str, V2_PUBLISHED))}"
+          + (f" (nearest: {min(V2_PUBLISHED, key=lambda v: abs(v - wm))})"
+             if isinstance(wm, (int, float)) and wm == wm else "") + ".")
+    if len(self.depths) != 3 or min(self.depths) < 1:
+      raise UserError(f"MobileViTV2 depths={self.depths}: expected 3 positive layer "
+                      "counts (stages 2-4).")
+    if self.patch_size < 1:
+      raise UserError(f"MobileViTV2 patch_size={self.patch_size} must be >= 1.")
+
+  def widths(self):
+    """(stem, stage_0, ..., stage_4) channel counts at this width."""
+    a = self.width_mult
+    stem = round_channels(min(max(32 * a, 16), 64), 8, min_value=16)
+    return (stem, round_channels(64 * a, 16)) + tuple(
+        round_channels(c * a, 8) for c in V2_WIDTHS[2:])
+
+  def dims(self):
+    return tuple(round_channels(d * self.width_mult, 8) for d in V2_DIMS)
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    _check_size(images, 32 * self.patch_size, "MobileViTV2")
+    w, out = self.widths(), {}
+    x = ConvBN(w[0], 3, 2, act=_silu, dtype=self.dtype, name="stem")(
+        images.astype(self.dtype), train)
+    out["stem"] = x
+    ir = dict(expand_ratio=self.expand_ratio, dtype=self.dtype)
+    x = InvertedResidual(w[1], name="stage_0_block_0", **ir)(x, train)
+    out["stage_0"] = x
+    for j in range(2):
+      x = InvertedResidual(w[2], strides=2 if j == 0 else 1, name=f"stage_1_block_{j}",
+                           **ir)(x, train)
+    out["stage_1"] = x
+    total, k = sum(self.depths), 0
+    for i, (dim, depth) in enumerate(zip(self.dims(), self.depths)):
+      x = InvertedResidual(w[3 + i], strides=2, name=f"stage_{i + 2}_down", **ir)(x, train)
+      x = MobileViTV2Block(dim, depth, int(self.ffn_multiplier * dim) // 16 * 16,
+                           self.patch_size, self.dropout, self.attention_dropout,
+                           self.drop_path_rate * k / max(total, 1), self.ln_eps,
+                           dtype=self.dtype, name=f"stage_{i + 2}_mobilevit")(x, train)
+      k += depth
+      out[f"stage_{i + 2}"] = x
+    out["feature_map"] = x
+    pooled = jnp.mean(x, axis=(1, 2))
+    out["pre_logits"] = pooled
+    if not self.num_classes:
+      return pooled.astype(jnp.float32), out
+    pooled = nn.Dropout(self.classifier_dropout)(pooled, deterministic=not train)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(pooled)
+    out["logits"] = logits
+    return logits.astype(jnp.float32), out
+
+
+def _register_v2(mult):
+  def factory(**overrides):
+    kw = dict(width_mult=mult)
+    kw.update(overrides)
+    return MobileViTV2(**kw)
+  factory.__doc__ = f"MobileViT v2, width x{mult}, 256x256 input."
+  register_model(factory, name=f"mobilevitv2_{int(round(mult * 100)):03d}")
+
+
+for _mult in V2_PUBLISHED:
+  _register_v2(_mult)
