@@ -1,4 +1,4 @@
-"""PVT v2: sizes, outputs, bad inputs and HF weight parity.
+"""PVT v1 / v2: sizes, outputs, bad inputs and HF weight parity.
 
 HF reference models are built from tiny configs with every parameter
 re-drawn (LayerNorms included); fp32 logits must agree to 1e-4. The torch
@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vitjax.convert.pvt import hf_pvt_v2_to_vitjax
+from vitjax.convert.pvt import hf_pvt_to_vitjax, hf_pvt_v2_to_vitjax
 from vitjax.errors import UserError
 from vitjax.models import create_model
-from vitjax.models.pvt import PyramidVisionTransformerV2, adaptive_avg_pool_matrix
+from vitjax.models.pvt import (PyramidVisionTransformer, PyramidVisionTransformerV2,
+                               adaptive_avg_pool_matrix)
 
 TOL = 1e-4
 TINY_V2 = dict(embed_dims=(8, 16), depths=(1, 2), num_heads=(1, 2), mlp_ratios=(2, 2),
@@ -32,7 +33,8 @@ def count(name, size=224):
 
 
 PUBLISHED = {"pvt_v2_b0": 3.7, "pvt_v2_b1": 14.0, "pvt_v2_b2": 25.4, "pvt_v2_b2_li": 22.6,
-             "pvt_v2_b3": 45.2, "pvt_v2_b4": 62.6, "pvt_v2_b5": 82.0}
+             "pvt_v2_b3": 45.2, "pvt_v2_b4": 62.6, "pvt_v2_b5": 82.0,
+             "pvt_tiny": 13.2, "pvt_small": 24.5, "pvt_medium": 44.2, "pvt_large": 61.4}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
@@ -59,6 +61,20 @@ def test_v2_outputs_and_drop_path():
   assert out["pre_logits"].shape == (2, 16)
   f = lambda r: m.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(r)})[0]
   assert not np.allclose(f(0), f(1))  # stochastic depth is active
+
+
+def test_v1_outputs_and_bad_size():
+  m = PyramidVisionTransformer(embed_dims=(8, 16), depths=(1, 1), num_heads=(1, 2),
+                               mlp_ratios=(2, 2), sr_ratios=(2, 1), patch_sizes=(4, 2),
+                               num_classes=3, head_zero_init=False)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  variables = m.init(jax.random.PRNGKey(1), x)
+  assert variables["params"]["stage_1_pos_embed"].shape == (1, 17, 16)  # 4x4 + class
+  logits, out = m.apply(variables, x)
+  assert logits.shape == (2, 3) and out["stage_1"].shape == (2, 4, 4, 16)
+  assert out["pre_logits"].shape == (2, 16)
+  with pytest.raises(UserError, match=r"Nearest valid sizes: 32 or 40"):
+    m.init(jax.random.PRNGKey(0), jnp.zeros((1, 36, 36, 3)))
 
 
 def test_v2_bad_sizes_are_user_errors():
@@ -132,6 +148,22 @@ def test_hf_pvt_v2_linear_parity(torch, transformers):
   _parity_v2(torch, transformers, 96, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1],
              num_attention_heads=[1, 2, 2, 4], mlp_ratios=[2, 4, 2, 2],
              linear_attention=True, layer_norm_eps=1e-5)
+
+
+def test_hf_pvt_v1_parity(torch, transformers):
+  cfg = transformers.PvtConfig(num_labels=5, image_size=64, hidden_sizes=[8, 16, 24, 32],
+                               depths=[1, 2, 1, 1], num_attention_heads=[1, 2, 3, 4],
+                               mlp_ratios=[2, 2, 2, 2])
+  ref = randomize(torch, transformers.PvtForImageClassification(cfg))
+  x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+  with torch.no_grad():
+    want = ref(pixel_values=x).logits.numpy()
+  params, kw = hf_pvt_to_vitjax(ref.state_dict(), cfg)
+  assert kw["sr_ratios"] == (8, 4, 2, 1) and kw["depths"] == (1, 2, 1, 1)
+  got, _ = PyramidVisionTransformer(**kw).apply(
+      {"params": params}, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
+  diff = float(np.abs(np.asarray(got) - want).max())
+  assert diff <= TOL, diff
 
 
 def test_hf_pvt_v2_rejects_other_weights():

@@ -1,4 +1,17 @@
-"""PVT v2 weights from Hugging Face transformers -> vitjax.
+"""PVT v1 / v2 weights from Hugging Face transformers -> vitjax.
+
+`hf_pvt_to_vitjax(state_dict, config=None, **overrides)` converts a
+`PvtForImageClassification` / `PvtModel` (v1) state dict for
+`vitjax.models.pvt.PyramidVisionTransformer`:
+  encoder.patch_embeddings.{i}.projection / .layer_norm -> stage_{i}_patch_embed / _norm
+  encoder.patch_embeddings.{i}.position_embeddings      -> stage_{i}_pos_embed
+  encoder.patch_embeddings.{last}.cls_token             -> cls_token
+  encoder.block.{i}.{j}: layer_norm_1/2 -> norm1/2; attention.self.query -> attn/q;
+    attention.self.key + value -> attn/kv; attention.self.sequence_reduction /
+    .layer_norm -> attn/sr / attn/norm; attention.output.dense -> attn/proj;
+    mlp.dense1 / dense2 -> mlp/fc1 / fc2
+  encoder.layer_norm -> norm;  classifier -> head
+The position embeddings fix the input size (the checkpoint's image_size).
 
 `hf_pvt_v2_to_vitjax(state_dict, config=None, **overrides)` converts a
 `PvtV2ForImageClassification` / `PvtV2Model` state dict (transformers 5.x
@@ -144,4 +157,71 @@ def hf_pvt_v2_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **ov
   return cast_params(unflatten_params(flat), param_dtype), kwargs
 
 
-__all__ = ["hf_pvt_v2_to_vitjax"]
+def hf_pvt_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **overrides
+                     ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """HF Pvt (v1) state dict (+ optional config) -> (params, model_kwargs)."""
+  what = "HF PVT"
+  sd = load_state_dict(state_dict)
+  cfg = read_json_config(config) or {}
+  prefix = find_prefix(sd, "encoder.patch_embeddings.0.projection.weight")
+  if prefix is None:
+    raise UserError(f"Not a {what} (v1) state dict: no tensor named "
+                    "*encoder.patch_embeddings.0.projection.weight.")
+  s = StateDict(sd, what, prefix)
+  wr = _Writer(s)
+  num_stages = count_indexed(sd, re.escape(prefix + "encoder.patch_embeddings.") + r"(\d+)\.")
+  dims, depths, patch_sizes, srs, mlp_ratios, qkv_bias = [], [], [], [], [], True
+  for i in range(num_stages):
+    e = f"encoder.patch_embeddings.{i}."
+    w = wr.conv(f"stage_{i}_patch_embed", e + "projection")
+    wr.ln(f"stage_{i}_patch_embed_norm", e + "layer_norm")
+    pos = s.take(e + "position_embeddings")
+    if pos is not None:
+      wr.flat[f"stage_{i}_pos_embed"] = pos
+    if i == num_stages - 1:
+      cls = s.take(e + "cls_token")
+      if cls is not None:
+        wr.flat["cls_token"] = cls
+    dims.append(int(w.shape[0]))
+    patch_sizes.append(int(w.shape[2]))
+    depth = count_indexed(sd, re.escape(prefix + f"encoder.block.{i}.") + r"(\d+)\.")
+    depths.append(depth)
+    sr = 1
+    for j in range(depth):
+      p, t = f"encoder.block.{i}.{j}.", f"stage_{i}_block_{j}"
+      a = p + "attention.self."
+      wr.ln(f"{t}/norm1", p + "layer_norm_1")
+      wr.ln(f"{t}/norm2", p + "layer_norm_2")
+      wr.dense(f"{t}/attn/q", a + "query")
+      qkv_bias = bool(wr.kv(f"{t}/attn/kv", a + "key", a + "value"))
+      wr.dense(f"{t}/attn/proj", p + "attention.output.dense")
+      if s.has(a + "sequence_reduction.weight"):
+        sr = int(wr.conv(f"{t}/attn/sr", a + "sequence_reduction").shape[2])
+        wr.ln(f"{t}/attn/norm", a + "layer_norm")
+      w1 = wr.dense(f"{t}/mlp/fc1", p + "mlp.dense1")
+      wr.dense(f"{t}/mlp/fc2", p + "mlp.dense2")
+      if j == 0 and w1 is not None:
+        mlp_ratios.append(w1.shape[0] / w1.shape[1])
+    srs.append(sr)
+  wr.ln("norm", "encoder.layer_norm")
+  num_classes = wr.head(sd)
+  s.finish(ignore=[r"\.num_batches_tracked$"])
+  if "strides" in cfg and list(cfg["strides"]) != list(cfg.get("patch_sizes", patch_sizes)):
+    raise UserError(f"{what}: strides {cfg['strides']} differing from the patch sizes "
+                    f"{cfg.get('patch_sizes')} are not supported.")
+  kwargs = dict(
+      num_classes=num_classes, embed_dims=tuple(dims), depths=tuple(depths),
+      num_heads=tuple(int(h) for h in cfg.get("num_attention_heads", (1, 2, 5, 8))),
+      mlp_ratios=tuple(mlp_ratios), sr_ratios=tuple(srs), patch_sizes=tuple(patch_sizes),
+      qkv_bias=qkv_bias, layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-6)),
+      drop_path_rate=0.0)
+  _fix(what, kwargs, overrides, ("embed_dims", "depths", "mlp_ratios", "sr_ratios",
+                                 "patch_sizes", "qkv_bias"))
+  kwargs.update(overrides)
+  flat = wr.flat
+  if num_classes and kwargs["num_classes"] != num_classes:
+    flat = {k: v for k, v in flat.items() if not k.startswith("head/")}
+  return cast_params(unflatten_params(flat), param_dtype), kwargs
+
+
+__all__ = ["hf_pvt_to_vitjax", "hf_pvt_v2_to_vitjax"]

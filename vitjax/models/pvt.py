@@ -1,5 +1,16 @@
-"""Pyramid Vision Transformer v2 (Wang et al. 2022, "PVT v2: Improved
-Baselines with Pyramid Vision Transformer").
+"""Pyramid Vision Transformer v1 (Wang et al. 2021, "Pyramid Vision
+Transformer: A Versatile Backbone for Dense Prediction without Convolutions")
+and v2 (Wang et al. 2022, "PVT v2: Improved Baselines with Pyramid Vision
+Transformer").
+
+PVT v1 (v1 Sec. 3, Fig. 3): 4 stages; stage i starts with a non-overlapping
+patch embedding (conv kernel = stride = P_i: 4, 2, 2, 2, then LayerNorm)
+plus its own learned position embedding; the last stage prepends a class
+token (with its own position embedding slot). Blocks are pre-norm SRA + MLP
+(no conv in the MLP). One LayerNorm at the end; the head reads the class
+token. The position embeddings are created for the grid of the input the
+model is initialised with (HF's at `config.image_size`, 224 -> 56x56, 28x28,
+14x14, 7x7 + 1).
 
 image -> 4 stages; each stage starts with an overlapping patch embedding (a
 strided conv with zero padding k // 2: k7 s4 for stage 0, k3 s2 after, then
@@ -27,7 +38,11 @@ Other sizes are refused with a UserError naming the nearest valid sizes.
 'stage_{i}' (NHWC map after stage i's final LayerNorm), 'feature_map' (the
 last of them) and 'pre_logits' (the pooled features).
 
-Weights: vitjax.convert.pvt imports HF `PvtV2ForImageClassification`.
+v1's `out` holds the same 'stage_{i}' maps (class token left out, before
+the final LayerNorm) and 'pre_logits' (the normed class token).
+
+Weights: vitjax.convert.pvt imports HF `PvtForImageClassification` (v1) and
+`PvtV2ForImageClassification` (v2).
 """
 
 from typing import Any, Callable, Sequence
@@ -71,9 +86,12 @@ def check_input_size(h, w, strides, sr_ratios, linear=False, family="PVT v2"):
       problems.append(f"input {name} {size}: {why}. Nearest valid sizes: {near}")
   if problems:
     raise UserError(
-        f"{family} (strides {tuple(strides)}, sr_ratios {tuple(sr_ratios)}) needs an "
-        "input whose sides each stage's stride divides exactly and whose stage maps "
-        "are divisible by the spatial-reduction ratio. " + "; ".join(problems) +
+        f"{family} (strides {tuple(strides)}"
+        + (f", sr_ratios {tuple(sr_ratios)}) needs an input whose sides each stage's "
+           "stride divides exactly and whose stage maps are divisible by the "
+           "spatial-reduction ratio. " if any(r > 1 for r in sr_ratios) else
+           ") needs an input whose sides each stage's stride divides exactly. ")
+        + "; ".join(problems) +
         " (set via --config.input.image_size).")
 
 
@@ -317,3 +335,99 @@ def _register_v2(size):
 
 for _size in PVT_V2_SIZES:
   _register_v2(_size)
+
+
+class PyramidVisionTransformer(nn.Module):
+  """PVT v1 classifier over NHWC images (fields as PyramidVisionTransformerV2;
+  patch_sizes are both kernel and stride of each stage's patch embedding)."""
+  num_classes: int = 1000
+  embed_dims: Sequence[int] = (64, 128, 320, 512)
+  depths: Sequence[int] = (2, 2, 2, 2)
+  num_heads: Sequence[int] = (1, 2, 5, 8)
+  mlp_ratios: Sequence[float] = (8, 8, 4, 4)
+  sr_ratios: Sequence[int] = (8, 4, 2, 1)
+  patch_sizes: Sequence[int] = (4, 2, 2, 2)
+  qkv_bias: bool = True
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  drop_path_rate: float = 0.1
+  layer_norm_eps: float = 1e-6
+  head_zero_init: bool = True
+  dtype: Any = jnp.float32
+
+  def _checks(self, h, w):
+    n = len(self.depths)
+    for field in ("embed_dims", "num_heads", "mlp_ratios", "sr_ratios", "patch_sizes"):
+      if len(getattr(self, field)) != n:
+        raise UserError(f"PVT: {field}={tuple(getattr(self, field))} must have one "
+                        f"entry per stage ({n}, as depths={tuple(self.depths)}).")
+    for i, (d, hd) in enumerate(zip(self.embed_dims, self.num_heads)):
+      if d % hd:
+        raise UserError(f"PVT stage {i}: width {d} is not divisible by num_heads={hd}.")
+    if self.sr_ratios[-1] != 1:
+      raise UserError("PVT: the last stage (with the class token) needs sr_ratio 1, got "
+                      f"{self.sr_ratios[-1]}.")
+    check_input_size(h, w, self.patch_sizes, self.sr_ratios, family="PVT")
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    b, h, w, _ = images.shape
+    self._checks(h, w)
+    det = not train
+    out = {}
+    x = images.astype(self.dtype)
+    total = sum(self.depths)
+    dpr = np.linspace(0.0, self.drop_path_rate, total) if total > 1 else [0.0] * total
+    k, n = 0, len(self.depths)
+    for i, depth in enumerate(self.depths):
+      p = self.patch_sizes[i]
+      x = nn.Conv(self.embed_dims[i], (p, p), strides=(p, p), padding="VALID",
+                  dtype=self.dtype, name=f"stage_{i}_patch_embed")(x)
+      _, gh, gw, d = x.shape
+      x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
+                       name=f"stage_{i}_patch_embed_norm")(x.reshape(b, gh * gw, d))
+      last = i == n - 1
+      if last:
+        cls = self.param("cls_token", nn.initializers.zeros, (1, 1, d))
+        x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(x.dtype), x], axis=1)
+      pos = self.param(f"stage_{i}_pos_embed", _TRUNC, (1, x.shape[1], d))
+      x = nn.Dropout(self.dropout)(x + pos.astype(x.dtype), deterministic=det)
+      for j in range(depth):
+        x = PvtBlock(self.num_heads[i], self.sr_ratios[i], self.mlp_ratios[i],
+                     version=1, qkv_bias=self.qkv_bias, dropout=self.dropout,
+                     attention_dropout=self.attention_dropout, drop_path=float(dpr[k]),
+                     layer_norm_eps=self.layer_norm_eps, dtype=self.dtype,
+                     name=f"stage_{i}_block_{j}")(x, (gh, gw), det)
+        k += 1
+      out[f"stage_{i}"] = x[:, x.shape[1] - gh * gw:].reshape(b, gh, gw, d)
+      if not last:
+        x = out[f"stage_{i}"]
+    x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")(x)
+    out["feature_map"] = x[:, 1:].reshape(out[f"stage_{n - 1}"].shape)
+    return _head(self, x[:, 0], out)
+
+
+# PVT v1 Table 1/2 (224x224, 1000 classes): Tiny 13.2M, Small 24.5M,
+# Medium 44.2M, Large 61.4M.
+PVT_SIZES = {
+    "tiny": dict(depths=(2, 2, 2, 2)),
+    "small": dict(depths=(3, 4, 6, 3)),
+    "medium": dict(depths=(3, 4, 18, 3)),
+    "large": dict(depths=(3, 8, 27, 3)),
+}
+PVT_DROP_PATH = {"tiny": 0.1, "small": 0.1, "medium": 0.1, "large": 0.1}
+
+
+def _register_v1(size):
+  def factory(**overrides):
+    kw = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8),
+              mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 2, 1), patch_sizes=(4, 2, 2, 2),
+              **PVT_SIZES[size], drop_path_rate=PVT_DROP_PATH[size])
+    kw.update(overrides)
+    return PyramidVisionTransformer(**kw)
+  factory.__doc__ = f"PVT-{size.capitalize()} (v1), 224x224."
+  register_model(factory, name=f"pvt_{size}")
+
+
+for _size in PVT_SIZES:
+  _register_v1(_size)
