@@ -215,3 +215,30 @@ def test_mobilevitv2_bad_inputs():
     create_model("mobilevitv2_050", depths=(2, 4))
   with pytest.raises(UserError, match="config="):
     hf_mobilevitv2_to_vitjax({"x": np.zeros(1)}, None)
+
+
+def test_train_mode_updates_batch_stats():
+  """train=True on a tiny v2 (the v1 blocks are shared): BatchNorm statistics
+  move, dropout / drop path make outputs depend on the rng. Parameters are
+  drawn with numpy from the init shapes (no init compile)."""
+  m = MobileViTV2(num_classes=3, width_mult=0.25, depths=(1, 1, 1), drop_path_rate=0.5)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 64, 3))
+  shapes = jax.eval_shape(m.init, jax.random.PRNGKey(0), x)
+  rng = np.random.default_rng(0)
+  v = jax.tree_util.tree_map(
+      lambda s: (rng.normal(size=s.shape) / np.sqrt(max(1, np.prod(s.shape[:-1])))
+                 ).astype(np.float32), shapes)
+
+  @jax.jit
+  def step(v, key):
+    (logits, _), state = m.apply(v, x, train=True, mutable=["batch_stats"],
+                                 rngs={"dropout": key})
+    return logits, state
+
+  a, state = step(v, jax.random.PRNGKey(1))
+  b, _ = step(v, jax.random.PRNGKey(2))
+  assert np.all(np.isfinite(np.asarray(a))) and not np.allclose(a, b)
+  old = jax.tree_util.tree_leaves(v["batch_stats"])
+  new = jax.tree_util.tree_leaves(state["batch_stats"])
+  assert len(old) == len(new) > 0
+  assert all(not np.allclose(p, q) for p, q in zip(old, new))
