@@ -1,7 +1,10 @@
 """MobileViT weights from Hugging Face transformers -> vitjax.
 
 `hf_mobilevit_to_vitjax` reads `MobileViTForImageClassification` /
-`MobileViTModel` state dicts (v1) into `vitjax.models.mobilevit.MobileViT`.
+`MobileViTModel` state dicts (v1) into `vitjax.models.mobilevit.MobileViT`;
+`hf_mobilevitv2_to_vitjax` reads `MobileViTV2ForImageClassification` /
+`MobileViTV2Model` into `MobileViTV2` (its 1x1 convs over unfolded patches
+become Dense layers; GroupNorm(1) weights map to flax GroupNorm).
 It returns `(variables, model_kwargs)` like the CNN importers of
 `vitjax.convert.cnn`: variables = {'params', 'batch_stats'}; a different
 `num_classes` override leaves the head out.
