@@ -1,0 +1,114 @@
+"""CvT: sizes, outputs, BatchNorm statistics, bad inputs and HF weight parity.
+
+The HF reference is built from a tiny config with every parameter re-drawn
+and random BatchNorm running statistics (eval mode); fp32 logits must agree
+to 1e-4. The torch tests skip without torch / transformers.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vitjax.convert.cvt import hf_cvt_to_vitjax
+from vitjax.errors import UserError
+from vitjax.models import create_model
+from vitjax.models.cvt import ConvolutionalVisionTransformer
+
+TOL = 1e-4
+TINY = dict(embed_dims=(8, 16), depths=(1, 2), num_heads=(1, 2), patch_sizes=(7, 3),
+            patch_strides=(4, 2), patch_paddings=(2, 1), mlp_ratio=2.0, num_classes=3)
+
+
+def n_params(tree):
+  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(tree))
+
+
+PUBLISHED = {"cvt_13": 20.0, "cvt_21": 31.6, "cvt_w24": 277.3}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_param_counts_match_paper(name):
+  m = create_model(name)
+  shapes = jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x),
+                          jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+  got, want = n_params(shapes["params"]) / 1e6, PUBLISHED[name]
+  assert abs(got - want) / want < 0.01, (name, got, want)
+  assert "batch_stats" in shapes
+
+
+def test_outputs_batch_stats_and_bad_size():
+  m = ConvolutionalVisionTransformer(**TINY, drop_path_rate=0.3, head_zero_init=False)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  variables = m.init(jax.random.PRNGKey(1), x)
+  logits, out = m.apply(variables, x)
+  assert logits.shape == (2, 3)
+  assert out["stage_0"].shape == (2, 8, 8, 8) and out["stage_1"].shape == (2, 4, 4, 16)
+  assert out["pre_logits"].shape == (2, 16)
+  (train_logits, _), updates = m.apply(variables, x, train=True, mutable=["batch_stats"],
+                                       rngs={"dropout": jax.random.PRNGKey(2)})
+  assert train_logits.shape == (2, 3)
+  old = jax.tree_util.tree_leaves(variables["batch_stats"])
+  new = jax.tree_util.tree_leaves(updates["batch_stats"])
+  assert any(not np.allclose(a, b) for a, b in zip(old, new))
+  with pytest.raises(UserError, match=r"stride 2.*Nearest valid sizes: 32 or 40"):
+    m.init(jax.random.PRNGKey(0), jnp.zeros((1, 36, 36, 3)))
+
+
+# ---------------------------------------------------------------------------
+# Parity with HF transformers.
+
+@pytest.fixture(scope="module")
+def torch():
+  torch = pytest.importorskip("torch")
+  torch.set_num_threads(1)
+  return torch
+
+
+@pytest.fixture(scope="module")
+def transformers(torch):
+  del torch
+  return pytest.importorskip("transformers")
+
+
+def randomize(torch, model, seed=0):
+  """LayerNorm / BatchNorm scales ~ 1 + N(0, 0.1), the head ~ N(0, 0.5),
+  everything else ~ N(0, 0.05); BatchNorm running means ~ N(0, 0.1) and
+  variances ~ U(0.5, 1.5)."""
+  torch.manual_seed(seed)
+  with torch.no_grad():
+    norms = (torch.nn.LayerNorm, torch.nn.BatchNorm2d)
+    scales = {id(m.weight) for m in model.modules() if isinstance(m, norms)}
+    for name, p in model.named_parameters():
+      if id(p) in scales:
+        p.normal_(1.0, 0.1)
+      elif name.startswith("classifier"):
+        p.normal_(0.0, 0.5)
+      else:
+        p.normal_(0.0, 0.05)
+    for m in model.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.normal_(0.0, 0.1)
+        m.running_var.uniform_(0.5, 1.5)
+  return model.eval()
+
+
+def test_hf_cvt_parity(torch, transformers):
+  # HF indexes its drop-path list by stage, so depth[i] must exceed i.
+  cfg = transformers.CvtConfig(num_labels=5, embed_dim=[8, 16, 24], num_heads=[1, 2, 3],
+                               depth=[1, 2, 3], mlp_ratio=[2.0, 2.0, 2.0])
+  ref = randomize(torch, transformers.CvtForImageClassification(cfg))
+  x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+  with torch.no_grad():
+    want = ref(pixel_values=x).logits.numpy()
+  variables, kw = hf_cvt_to_vitjax(ref.state_dict(), cfg)
+  assert kw["depths"] == (1, 2, 3) and kw["num_heads"] == (1, 2, 3)
+  got, _ = ConvolutionalVisionTransformer(**kw).apply(
+      variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
+  diff = float(np.abs(np.asarray(got) - want).max())
+  assert diff <= TOL, diff
+
+
+def test_hf_cvt_rejects_other_weights():
+  with pytest.raises(UserError, match="Not a HF CvT"):
+    hf_cvt_to_vitjax({"foo.weight": np.zeros((2, 2))})
