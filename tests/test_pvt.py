@@ -72,13 +72,20 @@ def test_v2_outputs_and_drop_path():
 def test_v1_outputs_and_bad_size():
   m = PyramidVisionTransformer(embed_dims=(8, 16), depths=(1, 1), num_heads=(1, 2),
                                mlp_ratios=(2, 2), sr_ratios=(2, 1), patch_sizes=(4, 2),
-                               num_classes=3, head_zero_init=False)
+                               image_size=32, num_classes=3, head_zero_init=False)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-  variables = m.init(jax.random.PRNGKey(1), x)
+
+  @jax.jit  # one compilation for everything
+  def run(x, x48):
+    variables = m.init(jax.random.PRNGKey(1), x)
+    # At 48 px the stored 8x8 / 4x4 position grids are resampled to 12x12 / 6x6.
+    return variables, m.apply(variables, x), m.apply(variables, x48)[0]
+
+  variables, (logits, out), big = run(x, jnp.ones((1, 48, 48, 3)))
   assert variables["params"]["stage_1_pos_embed"].shape == (1, 17, 16)  # 4x4 + class
-  logits, out = m.apply(variables, x)
   assert logits.shape == (2, 3) and out["stage_1"].shape == (2, 4, 4, 16)
   assert out["pre_logits"].shape == (2, 16)
+  assert big.shape == (1, 3) and np.isfinite(np.asarray(big)).all()
   with pytest.raises(UserError, match=r"Nearest valid sizes: 32 or 40"):
     m.init(jax.random.PRNGKey(0), jnp.zeros((1, 36, 36, 3)))
 

@@ -11,7 +11,8 @@
     .layer_norm -> attn/sr / attn/norm; attention.output.dense -> attn/proj;
     mlp.dense1 / dense2 -> mlp/fc1 / fc2
   encoder.layer_norm -> norm;  classifier -> head
-The position embeddings fix the input size (the checkpoint's image_size).
+image_size (the grid the position embeddings are stored for) is read from
+their shapes; other input sizes resample them.
 
 `hf_pvt_v2_to_vitjax(state_dict, config=None, **overrides)` converts a
 `PvtV2ForImageClassification` / `PvtV2Model` state dict (transformers 5.x
@@ -157,6 +158,16 @@ def hf_pvt_v2_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **ov
   return cast_params(unflatten_params(flat), param_dtype), kwargs
 
 
+def _v1_image_size(pos, patch, what):
+  if pos is None:
+    return 224
+  side = int(round(np.sqrt(pos.shape[1])))
+  if side * side != pos.shape[1]:
+    raise UserError(f"{what}: {pos.shape[1]} stage-0 position embeddings are not a "
+                    "square grid; non-square inputs are not supported.")
+  return side * patch
+
+
 def hf_pvt_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **overrides
                      ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   """HF Pvt (v1) state dict (+ optional config) -> (params, model_kwargs)."""
@@ -213,10 +224,11 @@ def hf_pvt_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **overr
       num_classes=num_classes, embed_dims=tuple(dims), depths=tuple(depths),
       num_heads=tuple(int(h) for h in cfg.get("num_attention_heads", (1, 2, 5, 8))),
       mlp_ratios=tuple(mlp_ratios), sr_ratios=tuple(srs), patch_sizes=tuple(patch_sizes),
+      image_size=_v1_image_size(wr.flat.get("stage_0_pos_embed"), patch_sizes[0], what),
       qkv_bias=qkv_bias, layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-6)),
       drop_path_rate=0.0)
   _fix(what, kwargs, overrides, ("embed_dims", "depths", "mlp_ratios", "sr_ratios",
-                                 "patch_sizes", "qkv_bias"))
+                                 "patch_sizes", "qkv_bias", "image_size"))
   kwargs.update(overrides)
   flat = wr.flat
   if num_classes and kwargs["num_classes"] != num_classes:

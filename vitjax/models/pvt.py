@@ -8,9 +8,9 @@ patch embedding (conv kernel = stride = P_i: 4, 2, 2, 2, then LayerNorm)
 plus its own learned position embedding; the last stage prepends a class
 token (with its own position embedding slot). Blocks are pre-norm SRA + MLP
 (no conv in the MLP). One LayerNorm at the end; the head reads the class
-token. The position embeddings are created for the grid of the input the
-model is initialised with (HF's at `config.image_size`, 224 -> 56x56, 28x28,
-14x14, 7x7 + 1).
+token. The position embeddings are stored for the grid of `image_size`
+(224 -> 56x56, 28x28, 14x14, 7x7 + 1) and bilinearly resampled when the
+input is of another size (fine-tuning at another resolution).
 
 image -> 4 stages; each stage starts with an overlapping patch embedding (a
 strided conv with zero padding k // 2: k7 s4 for stage 0, k3 s2 after, then
@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.errors import UserError
-from vitjax.models.layers import DropPath, dot_product_attention
+from vitjax.models.layers import DropPath, dot_product_attention, resample_posemb
 from vitjax.models.layers.mlp import gelu
 from vitjax.models.registry import register_model
 
@@ -347,6 +347,7 @@ class PyramidVisionTransformer(nn.Module):
   mlp_ratios: Sequence[float] = (8, 8, 4, 4)
   sr_ratios: Sequence[int] = (8, 4, 2, 1)
   patch_sizes: Sequence[int] = (4, 2, 2, 2)
+  image_size: int = 224
   qkv_bias: bool = True
   dropout: float = 0.0
   attention_dropout: float = 0.0
@@ -368,6 +369,10 @@ class PyramidVisionTransformer(nn.Module):
       raise UserError("PVT: the last stage (with the class token) needs sr_ratio 1, got "
                       f"{self.sr_ratios[-1]}.")
     check_input_size(h, w, self.patch_sizes, self.sr_ratios, family="PVT")
+    if _size_problem(self.image_size, self.patch_sizes, self.sr_ratios, False):
+      raise UserError(f"PVT: image_size={self.image_size} (the grid the position "
+                      "embeddings are stored for) is not a valid input size: "
+                      f"{_size_problem(self.image_size, self.patch_sizes, self.sr_ratios, False)}.")
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
@@ -390,7 +395,11 @@ class PyramidVisionTransformer(nn.Module):
       if last:
         cls = self.param("cls_token", nn.initializers.zeros, (1, 1, d))
         x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(x.dtype), x], axis=1)
-      pos = self.param(f"stage_{i}_pos_embed", _TRUNC, (1, x.shape[1], d))
+      native = self.image_size // int(np.prod(self.patch_sizes[:i + 1]))
+      pos = self.param(f"stage_{i}_pos_embed", _TRUNC,
+                       (1, native * native + int(last), d))
+      pos = resample_posemb(pos, (gh, gw), num_prefix_tokens=int(last),
+                            old_grid=(native, native))
       x = nn.Dropout(self.dropout)(x + pos.astype(x.dtype), deterministic=det)
       for j in range(depth):
         x = PvtBlock(self.num_heads[i], self.sr_ratios[i], self.mlp_ratios[i],
