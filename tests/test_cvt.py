@@ -40,17 +40,22 @@ def test_param_counts_match_paper(name):
 def test_outputs_batch_stats_and_bad_size():
   m = ConvolutionalVisionTransformer(**TINY, drop_path_rate=0.3, head_zero_init=False)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-  variables = m.init(jax.random.PRNGKey(1), x)
-  logits, out = m.apply(variables, x)
+
+  @jax.jit  # one compilation for everything
+  def run(x):
+    variables = m.init(jax.random.PRNGKey(1), x)
+    train = m.apply(variables, x, train=True, mutable=["batch_stats"],
+                    rngs={"dropout": jax.random.PRNGKey(2)})
+    return variables, m.apply(variables, x), train
+
+  variables, (logits, out), ((train_logits, _), updates) = run(x)
   assert logits.shape == (2, 3)
   assert out["stage_0"].shape == (2, 8, 8, 8) and out["stage_1"].shape == (2, 4, 4, 16)
   assert out["pre_logits"].shape == (2, 16)
-  (train_logits, _), updates = m.apply(variables, x, train=True, mutable=["batch_stats"],
-                                       rngs={"dropout": jax.random.PRNGKey(2)})
   assert train_logits.shape == (2, 3)
   old = jax.tree_util.tree_leaves(variables["batch_stats"])
   new = jax.tree_util.tree_leaves(updates["batch_stats"])
-  assert any(not np.allclose(a, b) for a, b in zip(old, new))
+  assert any(not np.allclose(a, b) for a, b in zip(old, new))  # statistics move
   with pytest.raises(UserError, match=r"stride 2.*Nearest valid sizes: 32 or 40"):
     m.init(jax.random.PRNGKey(0), jnp.zeros((1, 36, 36, 3)))
 
@@ -103,7 +108,7 @@ def test_hf_cvt_parity(torch, transformers):
     want = ref(pixel_values=x).logits.numpy()
   variables, kw = hf_cvt_to_vitjax(ref.state_dict(), cfg)
   assert kw["depths"] == (1, 2, 3) and kw["num_heads"] == (1, 2, 3)
-  got, _ = ConvolutionalVisionTransformer(**kw).apply(
+  got, _ = jax.jit(ConvolutionalVisionTransformer(**kw).apply)(
       variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
   diff = float(np.abs(np.asarray(got) - want).max())
   assert diff <= TOL, diff

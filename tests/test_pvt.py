@@ -144,7 +144,7 @@ def _parity_v2(torch, transformers, image, **cfg_kw):
     want = ref(pixel_values=x).logits.numpy()
   params, kw = hf_pvt_v2_to_vitjax(ref.state_dict(), cfg)
   m = PyramidVisionTransformerV2(**kw)
-  got, _ = m.apply({"params": params}, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
+  got, _ = jax.jit(m.apply)({"params": params}, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
   diff = float(np.abs(np.asarray(got) - want).max())
   assert diff <= TOL, diff
   return diff
@@ -173,7 +173,7 @@ def test_hf_pvt_v1_parity(torch, transformers):
     want = ref(pixel_values=x).logits.numpy()
   params, kw = hf_pvt_to_vitjax(ref.state_dict(), cfg)
   assert kw["sr_ratios"] == (8, 4, 2, 1) and kw["depths"] == (1, 2, 1, 1)
-  got, _ = PyramidVisionTransformer(**kw).apply(
+  got, _ = jax.jit(PyramidVisionTransformer(**kw).apply)(
       {"params": params}, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
   diff = float(np.abs(np.asarray(got) - want).max())
   assert diff <= TOL, diff
