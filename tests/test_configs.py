@@ -16,7 +16,8 @@ CASES = [("quickstart", None)] + [
     for a in (None, "cifar10", "cifar100", "pets")] + [
     (f"deit_{s}", a) for s in ("tiny", "small", "base") for a in (None, "distilled")] + [
     ("swin_digits", None), ("swin_digits", "v2"), ("swin_tiny", None), ("swin_tiny", "v2"),
-    ("resnet_digits", None), ("resnet50", None), ("convnext_tiny", None)]
+    ("resnet_digits", None), ("resnet50", None), ("convnext_tiny", None),
+    ("pvt_digits", None), ("pvt_digits", "v1")]
 
 
 def load(name, arg):
