@@ -33,3 +33,19 @@ def main_runner():
 # Overrides that make the quickstart a few-second smoke run.
 FAST = ("model.depth=1", "model.hidden_size=32", "model.mlp_dim=64", "model.num_heads=2",
         "batch_size=32", "eval_batch_size=40", "progress_bar=False")
+
+
+@pytest.fixture(scope="session")
+def torch():
+  """PyTorch, the test oracles' framework (skips the test where it is missing)."""
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("safetensors.torch")
+  torch.set_num_threads(1)
+  return torch
+
+
+@pytest.fixture(scope="session")
+def transformers(torch):
+  """HF transformers on PyTorch CPU: reference models built from configs."""
+  del torch
+  return pytest.importorskip("transformers")

@@ -27,19 +27,6 @@ from vitjax.models.resnet import ResNet
 MAX_DIFFS = {}  # case -> max |logits diff|, printed with -s
 
 
-@pytest.fixture(scope="module")
-def torch():
-  torch = pytest.importorskip("torch")
-  torch.set_num_threads(1)
-  return torch
-
-
-@pytest.fixture(scope="module")
-def transformers(torch):
-  del torch
-  return pytest.importorskip("transformers")
-
-
 def randomize(torch, model, seed=0):
   """Re-draws every tensor of `model`: conv / linear weights ~ N(0, 1/fan_in),
   norm scales ~ 1 + N(0, 0.1), biases and other vectors ~ N(0, 0.1), BN

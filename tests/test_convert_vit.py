@@ -33,20 +33,6 @@ MAX_DIFFS = {}  # case -> max |logits diff|, printed with -s
 
 
 @pytest.fixture(scope="module")
-def torch():
-  torch = pytest.importorskip("torch")
-  pytest.importorskip("safetensors.torch")
-  torch.set_num_threads(1)
-  return torch
-
-
-@pytest.fixture(scope="module")
-def transformers(torch):
-  del torch
-  return pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module")
 def timm(transformers):  # transformers first: it must not see the stand-in
   del transformers
   return import_timm()

@@ -63,19 +63,6 @@ def test_outputs_batch_stats_and_bad_size():
 # ---------------------------------------------------------------------------
 # Parity with HF transformers.
 
-@pytest.fixture(scope="module")
-def torch():
-  torch = pytest.importorskip("torch")
-  torch.set_num_threads(1)
-  return torch
-
-
-@pytest.fixture(scope="module")
-def transformers(torch):
-  del torch
-  return pytest.importorskip("transformers")
-
-
 def randomize(torch, model, seed=0):
   """LayerNorm / BatchNorm scales ~ 1 + N(0, 0.1), the head ~ N(0, 0.5),
   everything else ~ N(0, 0.05); BatchNorm running means ~ N(0, 0.1) and

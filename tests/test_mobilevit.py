@@ -16,19 +16,6 @@ from vitjax.models import create_model, list_models
 from vitjax.models.mobilevit import MobileViT, MobileViTV2, fold, unfold
 
 
-@pytest.fixture(scope="module")
-def torch():
-  torch = pytest.importorskip("torch")
-  torch.set_num_threads(1)
-  return torch
-
-
-@pytest.fixture(scope="module")
-def transformers(torch):
-  del torch
-  return pytest.importorskip("transformers")
-
-
 def randomize(torch, model, seed=0):
   """Re-draws every tensor: weights ~ N(0, 1/fan_in), norm scales ~ 1 + N(0,
   0.1), other vectors ~ N(0, 0.1), BN running means ~ N(0, 0.2), running

@@ -102,19 +102,6 @@ def test_v2_bad_sizes_are_user_errors():
 # ---------------------------------------------------------------------------
 # Parity with HF transformers.
 
-@pytest.fixture(scope="module")
-def torch():
-  torch = pytest.importorskip("torch")
-  torch.set_num_threads(1)
-  return torch
-
-
-@pytest.fixture(scope="module")
-def transformers(torch):
-  del torch
-  return pytest.importorskip("transformers")
-
-
 def randomize(torch, model, seed=0):
   """LayerNorm scales ~ 1 + N(0, 0.1), the head ~ N(0, 0.5), everything else
   (biases, convs, BatchNorm affine) ~ N(0, 0.05); BatchNorm running means ~

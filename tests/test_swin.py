@@ -144,19 +144,6 @@ def test_v2_runs_at_another_window_size():
 # ---------------------------------------------------------------------------
 # HF parity.
 
-@pytest.fixture(scope="module")
-def torch():
-  torch = pytest.importorskip("torch")
-  torch.set_num_threads(1)
-  return torch
-
-
-@pytest.fixture(scope="module")
-def transformers(torch):
-  del torch
-  return pytest.importorskip("transformers")
-
-
 def randomize(torch, model, seed=0):
   """LayerNorm scales ~ 1 + N(0, 0.1); bias tables, CPB MLPs and the head
   ~ N(0, 0.5); v2 logit scales ~ log(10) + N(0, 0.5), one set to 5 (above
