@@ -39,6 +39,7 @@ import numpy as np
 
 from vitjax.errors import UserError
 from vitjax.models.layers import DropPath, Mlp, dot_product_attention
+from vitjax.models.layers.checks import check_stage_fields
 from vitjax.models.pvt import check_input_size
 from vitjax.models.registry import register_model
 
@@ -157,15 +158,8 @@ class ConvolutionalVisionTransformer(nn.Module):
   dtype: Any = jnp.float32
 
   def _checks(self, h, w):
-    n = len(self.depths)
-    for field in ("embed_dims", "num_heads", "patch_sizes", "patch_strides",
-                  "patch_paddings"):
-      if len(getattr(self, field)) != n:
-        raise UserError(f"CvT: {field}={tuple(getattr(self, field))} must have one "
-                        f"entry per stage ({n}, as depths={tuple(self.depths)}).")
-    for i, (d, hd) in enumerate(zip(self.embed_dims, self.num_heads)):
-      if d % hd:
-        raise UserError(f"CvT stage {i}: width {d} is not divisible by num_heads={hd}.")
+    check_stage_fields("CvT", self, ("embed_dims", "num_heads", "patch_sizes",
+                                     "patch_strides", "patch_paddings"))
     for i, (k, s, p) in enumerate(zip(self.patch_sizes, self.patch_strides,
                                       self.patch_paddings)):
       if not 2 * p < k <= 2 * p + s:
@@ -174,7 +168,7 @@ class ConvolutionalVisionTransformer(nn.Module):
         raise UserError(f"CvT stage {i}: a patch embedding with kernel {k}, stride {s}, "
                         f"padding {p} does not map an n-side map to n / {s}; use "
                         f"2 * padding < kernel <= 2 * padding + stride.")
-    check_input_size(h, w, self.patch_strides, (1,) * n, family="CvT")
+    check_input_size(h, w, self.patch_strides, (1,) * len(self.depths), family="CvT")
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):

@@ -54,6 +54,7 @@ import numpy as np
 
 from vitjax.errors import UserError
 from vitjax.models.layers import DropPath, dot_product_attention, resample_posemb
+from vitjax.models.layers.checks import check_stage_fields
 from vitjax.models.layers.mlp import gelu
 from vitjax.models.registry import register_model
 
@@ -263,15 +264,8 @@ class PyramidVisionTransformerV2(nn.Module):
   dtype: Any = jnp.float32
 
   def _checks(self, h, w):
-    n = len(self.depths)
-    for field in ("embed_dims", "num_heads", "mlp_ratios", "sr_ratios", "patch_sizes",
-                  "strides"):
-      if len(getattr(self, field)) != n:
-        raise UserError(f"PVT v2: {field}={tuple(getattr(self, field))} must have one "
-                        f"entry per stage ({n}, as depths={tuple(self.depths)}).")
-    for i, (d, hd) in enumerate(zip(self.embed_dims, self.num_heads)):
-      if d % hd:
-        raise UserError(f"PVT v2 stage {i}: width {d} is not divisible by num_heads={hd}.")
+    check_stage_fields("PVT v2", self, ("embed_dims", "num_heads", "mlp_ratios",
+                                        "sr_ratios", "patch_sizes", "strides"))
     check_input_size(h, w, self.strides, self.sr_ratios, self.linear)
 
   @nn.compact
@@ -357,14 +351,8 @@ class PyramidVisionTransformer(nn.Module):
   dtype: Any = jnp.float32
 
   def _checks(self, h, w):
-    n = len(self.depths)
-    for field in ("embed_dims", "num_heads", "mlp_ratios", "sr_ratios", "patch_sizes"):
-      if len(getattr(self, field)) != n:
-        raise UserError(f"PVT: {field}={tuple(getattr(self, field))} must have one "
-                        f"entry per stage ({n}, as depths={tuple(self.depths)}).")
-    for i, (d, hd) in enumerate(zip(self.embed_dims, self.num_heads)):
-      if d % hd:
-        raise UserError(f"PVT stage {i}: width {d} is not divisible by num_heads={hd}.")
+    check_stage_fields("PVT", self, ("embed_dims", "num_heads", "mlp_ratios",
+                                     "sr_ratios", "patch_sizes"))
     if self.sr_ratios[-1] != 1:
       raise UserError("PVT: the last stage (with the class token) needs sr_ratio 1, got "
                       f"{self.sr_ratios[-1]}.")
