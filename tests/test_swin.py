@@ -141,6 +141,28 @@ def test_v2_runs_at_another_window_size():
   assert np.isfinite(b).all() and not np.allclose(a, b)
 
 
+
+def test_fine_tune_to_another_window_resamples_bias_tables():
+  """init_from a window-4 checkpoint into a window-8 model (and 32 -> 64 px):
+  every v1 bias table is resampled from 7x7 to 15x15, the rest copied."""
+  from vitjax.checkpoint import merge_params  # pylint: disable=g-import-not-at-top
+  m4 = SwinTransformer(**dict(TINY, window_size=4), head_zero_init=False)
+  m8 = SwinTransformer(**dict(TINY, window_size=8), head_zero_init=False)
+  p4 = jax.jit(m4.init)(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)))["params"]
+  p8 = jax.jit(m8.init)(jax.random.PRNGKey(2), jnp.zeros((1, 64, 64, 3)))["params"]
+  merged = merge_params(p8, p4, reinit_head=False)
+  t4 = p4["stage_0_block_1"]["attn"]["relative_position_bias_table"]
+  t8 = merged["stage_0_block_1"]["attn"]["relative_position_bias_table"]
+  assert t4.shape == (49, 2) and t8.shape == (225, 2)
+  np.testing.assert_allclose(t8, resample_relative_position_bias_table(t4, 8), atol=1e-6)
+  # The centre of the table (zero offset) keeps its value.
+  np.testing.assert_allclose(t8[112], t4[24], atol=1e-5)
+  np.testing.assert_array_equal(merged["stage_0_block_1"]["mlp"]["fc1"]["kernel"],
+                                p4["stage_0_block_1"]["mlp"]["fc1"]["kernel"])
+  logits, _ = jax.jit(m8.apply)({"params": merged},
+                                jax.random.normal(jax.random.PRNGKey(0), (1, 64, 64, 3)))
+  assert np.isfinite(logits).all()
+
 # ---------------------------------------------------------------------------
 # HF parity.
 

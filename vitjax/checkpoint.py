@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vitjax.errors import UserError
-from vitjax.models.layers import resample_posemb
+from vitjax.models.layers import resample_posemb, resample_relative_position_bias_table
 
 
 class Checkpointer:
@@ -126,7 +126,8 @@ def merge_params(init, loaded, *, reinit_head: bool = True, num_prefix_tokens: i
 
   The head is replaced by the fresh one when `reinit_head` or when its shape
   differs (new classes); a learned position embedding of another grid size is
-  resampled; any other missing or mis-shaped parameter is an error that names it.
+  resampled, and so is a Swin relative-position-bias table of another window
+  size; any other missing or mis-shaped parameter is an error that names it.
   """
   init_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(init), sep="/")
   loaded_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded), sep="/")
@@ -146,6 +147,11 @@ def merge_params(init, loaded, *, reinit_head: bool = True, num_prefix_tokens: i
         n_new = fresh.shape[1] - num_prefix_tokens
         side = int(round(np.sqrt(n_new)))
         value = np.asarray(resample_posemb(value, (side, side), num_prefix_tokens))
+      elif (key.endswith("relative_position_bias_table") and value.ndim == 2 and
+            value.shape[-1] == fresh.shape[-1]):
+        # Swin v1: a window of another size -> resample the (2w-1)^2 bias table.
+        new_window = (int(round(np.sqrt(fresh.shape[0]))) + 1) // 2
+        value = np.asarray(resample_relative_position_bias_table(value, new_window))
       else:
         problems.append(f"{key}: checkpoint {value.shape} vs model {tuple(fresh.shape)}")
         continue
