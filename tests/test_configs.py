@@ -17,7 +17,11 @@ CASES = [("quickstart", None)] + [
     (f"deit_{s}", a) for s in ("tiny", "small", "base") for a in (None, "distilled")] + [
     ("swin_digits", None), ("swin_digits", "v2"), ("swin_tiny", None), ("swin_tiny", "v2"),
     ("resnet_digits", None), ("resnet50", None), ("convnext_tiny", None),
-    ("pvt_digits", None), ("pvt_digits", "v1")]
+    ("pvt_digits", None), ("pvt_digits", "v1"),
+    ("cvt_digits", None), ("cvt_13", None), ("cvt_13", "w24"),
+    ("efficientnet_digits", None), ("efficientnet_b0", None), ("efficientnet_b0", "b3"),
+    ("mobilevit_digits", None), ("mobilevit_digits", "v2"), ("mobilevit_s", None),
+    ("mobilevit_s", "v2")]
 
 
 def load(name, arg):

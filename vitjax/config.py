@@ -209,3 +209,62 @@ def deit_recipe(model_name: str, drop_path_rate: float):
   c.label_smoothing = 0.1
   c.checkpoint_every_steps = 2000
   return c
+
+
+def digits_recipe(model_name: str, *, image_size: int = 16, num_epochs: int = 60,
+                  learning_rate: float = 2e-3, **model_overrides) -> ml_collections.ConfigDict:
+  """The small-data recipe every digits config shares: the embedded UCI digits
+  (1437 train / 360 test) upsampled to `image_size`, a 1/16-image random shift,
+  no flips (a flipped digit is another digit), AdamW with 50 warmup steps and
+  cosine decay, weight decay 0.05, label smoothing 0.1, batch 128.
+
+  Tuple-valued model fields are set after this by the config itself (they are
+  not among `model_config`'s scalar fields) so they stay overridable.
+  """
+  c = default_config()
+  c.model_name = model_name
+  c.model = model_config(model_name, **model_overrides)
+  c.dataset.name = "digits"
+  c.input.image_size = image_size
+  c.input.train_augment = "random_crop"
+  c.input.crop_padding = max(1, image_size // 16)
+  c.input.flip = False
+  c.batch_size = 128
+  c.eval_batch_size = 360
+  c.num_epochs = num_epochs
+  c.optimizer.update(learning_rate=learning_rate, weight_decay=0.05, warmup_steps=50)
+  c.label_smoothing = 0.1
+  c.log_every_steps = 50
+  c.eval_every_steps = 250
+  c.checkpoint_every_steps = 250
+  c.progress_bar = False
+  return c
+
+
+def imagenet_recipe(model_name: str, *, image_size: int = 224, batch_size: int = 1024,
+                    num_epochs: int = 300, learning_rate: float = 1e-3,
+                    weight_decay: float = 0.05, warmup_epochs: int = 5,
+                    label_smoothing: float = 0.1, **model_overrides) -> ml_collections.ConfigDict:
+  """ImageNet-1k with the DeiT-style AdamW recipe most hierarchical backbones'
+  papers use (Swin, CvT, PVT, NAT, Focal...): AdamW, cosine, warmup epochs,
+  label smoothing, Inception crops, ImageNet mean/std, resize to 1.14x for eval.
+  """
+  c = default_config()
+  c.model_name = model_name
+  c.model = model_config(model_name, **model_overrides)
+  c.dataset.name = "imagenet2012"
+  c.dataset.eval_split = "validation"
+  c.input.image_size = image_size
+  c.input.eval_resize = int(round(image_size / 0.875))
+  c.input.mean = (0.485, 0.456, 0.406)
+  c.input.std = (0.229, 0.224, 0.225)
+  c.batch_size = batch_size
+  c.eval_batch_size = 1000
+  c.num_epochs = num_epochs
+  steps_per_epoch = 1_281_167 // batch_size
+  c.optimizer.update(name="adamw", learning_rate=learning_rate, weight_decay=weight_decay,
+                     warmup_steps=warmup_epochs * steps_per_epoch, schedule="cosine",
+                     grad_clip_norm=5.0)
+  c.label_smoothing = label_smoothing
+  c.checkpoint_every_steps = 2000
+  return c
