@@ -7,31 +7,15 @@ block) -> patch merging -> 4x4 map (one window, no shift). Arg 'v2' trains
 the Swin v2 variant of the same shape.
 """
 
-from vitjax.config import default_config, model_config
+from vitjax.config import digits_recipe
 
 
 def get_config(arg=None):
-  c = default_config()
-  c.model_name = "swinv2_tiny_window8_256" if arg == "v2" else "swin_tiny_patch4_window7_224"
-  shape = dict(patch_size=2, embed_dim=32, window_size=4, mlp_ratio=2.0, drop_path_rate=0.1)
-  c.model = model_config(c.model_name, **shape)
+  name = "swinv2_tiny_window8_256" if arg == "v2" else "swin_tiny_patch4_window7_224"
+  c = digits_recipe(name, patch_size=2, embed_dim=32, window_size=4, mlp_ratio=2.0,
+                    drop_path_rate=0.1)
   # Tuples are not in model_config's scalar fields; set them so they can be overridden too.
   c.model.depths = (2, 2)
   c.model.num_heads = (2, 4)
   c.model.pretrained_window_sizes = (0, 0)
-  c.dataset.name = "digits"
-  c.input.image_size = 16
-  c.input.train_augment = "random_crop"
-  c.input.crop_padding = 1
-  c.input.flip = False
-  c.batch_size = 128
-  c.eval_batch_size = 360
-  c.num_epochs = 60
-  c.optimizer.learning_rate = 2e-3
-  c.optimizer.weight_decay = 0.05
-  c.optimizer.warmup_steps = 50
-  c.label_smoothing = 0.1
-  c.log_every_steps = 50
-  c.eval_every_steps = 250
-  c.checkpoint_every_steps = 250
   return c
