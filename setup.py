@@ -26,6 +26,7 @@ setup(
         "numpy",
         "scikit-learn",     # ships the embedded UCI digits
         "safetensors",      # weight import without unpickling
+        "pycocotools",      # COCO format I/O and evaluation (detection / segmentation)
         "pillow",
     ],
     extras_require={
