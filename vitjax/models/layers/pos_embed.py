@@ -5,12 +5,18 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def sincos_posemb_2d(h: int, w: int, dim: int, temperature: float = 10_000.0):
-  """2D sin-cos embedding (MoCo v3 / big_vision layout): [1, h*w, dim]."""
+def sincos_posemb_2d(h: int, w: int, dim: int, temperature: float = 10_000.0,
+                     endpoint: bool = True):
+  """2D sin-cos embedding (MoCo v3 / big_vision layout): [1, h*w, dim].
+
+  Frequencies are temperature^-(i / n), i < n = dim // 4; `endpoint` divides
+  by n - 1 (MoCo v3, big_vision), `endpoint=False` by n (MAE, HF ViTMAE).
+  """
   if dim % 4:
     raise ValueError(f"sin-cos 2D position embedding needs dim % 4 == 0, got {dim}")
   y, x = np.mgrid[:h, :w]
-  omega = np.arange(dim // 4) / (dim // 4 - 1 if dim > 4 else 1)
+  n = dim // 4
+  omega = np.arange(n) / ((n - 1 if n > 1 else 1) if endpoint else n)
   omega = 1.0 / (temperature ** omega)
   y = np.einsum("m,d->md", y.flatten(), omega)
   x = np.einsum("m,d->md", x.flatten(), omega)
