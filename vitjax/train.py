@@ -85,15 +85,22 @@ def make_train_step(task, tx, schedule, base_rng):
   return train_step
 
 
+def _data(task):
+  """Where the batches come from: the task's own iterators when it defines
+  them (e.g. segmentation), else vitjax.data's."""
+  return task if hasattr(task, "train_iterator") else data_lib
+
+
 def evaluate(eval_fn, state, config, mesh, task):
   """One pass over the eval split; returns the task's summary metrics."""
   sums = None
-  for local in data_lib.eval_iterator(config, process_index=jax.process_index(),
-                                      process_count=jax.process_count()):
+  for local in _data(task).eval_iterator(config, process_index=jax.process_index(),
+                                         process_count=jax.process_count()):
     batch = shard_lib.to_global_batch(local, mesh)
     s = eval_fn(state.params, state.model_state, batch)
     sums = s if sums is None else jax.tree.map(jnp.add, sums, s)
-  sums = jax.tree.map(float, jax.device_get(sums))
+  sums = jax.tree.map(lambda x: float(x) if np.ndim(x) == 0 else np.asarray(x, np.float64),
+                      jax.device_get(sums))  # non-scalar sums: e.g. a confusion matrix
   return task.eval_summary(sums)
 
 
@@ -169,9 +176,11 @@ def train_and_evaluate(config, workdir: str):
   os.makedirs(workdir, exist_ok=True)
   _check_workdir_config(config, workdir)
 
-  info = data_lib.get_dataset_info(config)
+  task_cls = get_task(config.task)
+  info = (task_cls.dataset_info(config) if hasattr(task_cls, "dataset_info")
+          else data_lib.get_dataset_info(config))
   model = build_model(config, info.num_classes)
-  task = get_task(config.task)(config, info, model)
+  task = task_cls(config, info, model)
   total_steps = total_train_steps(config, info)
   tx, schedule = optim.create_optimizer(config.optimizer, total_steps)
   repl = shard_lib.replicated(mesh)
@@ -208,9 +217,9 @@ def train_and_evaluate(config, workdir: str):
   steps_per_epoch = data_lib.steps_per_epoch(config, info)
   eval_every = config.eval_every_steps or steps_per_epoch
   batches = shard_lib.prefetch_to_mesh(
-      data_lib.train_iterator(config, start_step=start_step,
-                              process_index=jax.process_index(),
-                              process_count=jax.process_count()), mesh)
+      _data(task).train_iterator(config, start_step=start_step,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count()), mesh)
   progress = ProgressBar(total_steps, enabled=config.progress_bar)
   preemption = _Preemption()
   pending, last_log_time, last_log_step = [], time.time(), start_step
