@@ -61,8 +61,15 @@ def default_config() -> ml_collections.ConfigDict:
       warmup_steps=0,
       end_learning_rate=0.0,
       grad_clip_norm=1.0,     # 0 disables
+      # Fine-tuning controls (vitjax/optim.py):
+      layer_decay=1.0,        # layer-wise lr decay: block l of L gets lr * decay^(L + 1 - l)
+      freeze=(),              # regexes on 'a/b/c' param paths: matches never change
+      unfreeze=(),            # ((step, regex), ...): frozen until that step (progressive)
   ))
   c.label_smoothing = 0.0
+  c.grad_accum_steps = 1      # micro-batches per update (batch_size is the whole update)
+  c.ema_decay = 0.0           # > 0: keep an EMA of the params; evaluation uses it
+  c.mixed_precision = ""      # '' (fp32) | 'bf16': bf16 compute, fp32 params and loss
 
   # Fine-tuning: start from a checkpoint and replace the head.
   c.init_from = ml_collections.ConfigDict(dict(
@@ -126,6 +133,22 @@ def validate_config(config, num_devices: int, num_processes: int = 1):
   if config.optimizer.schedule not in ("cosine", "linear", "constant"):
     raise UserError(f"config.optimizer.schedule={config.optimizer.schedule!r}: use "
                     "'cosine', 'linear' or 'constant'.")
+  k = config.grad_accum_steps
+  if k < 1 or config.batch_size % (k * num_devices):
+    raise UserError(
+        f"config.grad_accum_steps={k}: the batch of {config.batch_size} must split into "
+        f"{k} micro-batches, each divisible by the {num_devices} devices; use a batch_size "
+        f"that is a multiple of {max(k, 1) * num_devices} or a grad_accum_steps dividing "
+        f"{config.batch_size // num_devices}.")
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise UserError(f"config.ema_decay={config.ema_decay}: use 0 (off) or a value in "
+                    "(0, 1), e.g. 0.9999.")
+  if config.mixed_precision not in ("", "bf16"):
+    raise UserError(f"config.mixed_precision={config.mixed_precision!r}: use '' (fp32) "
+                    "or 'bf16'.")
+  if not 0.0 < config.optimizer.layer_decay <= 1.0:
+    raise UserError(f"config.optimizer.layer_decay={config.optimizer.layer_decay}: use a "
+                    "value in (0, 1] (1 = off; 0.65-0.75 is usual for ViT fine-tuning).")
   if config.init_from.source not in ("vitjax", "hf", "timm"):
     raise UserError(f"config.init_from.source={config.init_from.source!r}: use "
                     "'vitjax', 'hf' or 'timm'.")

@@ -42,13 +42,20 @@ class TrainState:
   opt_state: Any
   model_state: Any
   nonfinite_step: jax.Array  # first step whose loss or gradient was NaN/Inf, else -1
+  ema_params: Any = None     # EMA of params (config.ema_decay > 0), else None
 
 
 def build_model(config, num_classes: int):
   """The registry model named by the config, with its overrides."""
   overrides = dict(config.model.to_dict() if hasattr(config.model, "to_dict") else config.model)
   overrides.setdefault("num_classes", num_classes)
-  return create_model(config.model_name, **overrides)
+  if config.get("mixed_precision") == "bf16":
+    overrides["dtype"] = jnp.bfloat16  # compute; params stay float32 (flax param_dtype)
+  model = create_model(config.model_name, **overrides)
+  if config.get("mixed_precision") == "bf16" and getattr(model, "dtype", None) != jnp.bfloat16:
+    raise UserError(f"config.mixed_precision='bf16': model {config.model_name!r} has no "
+                    "dtype field to compute in; use mixed_precision=''.")
+  return model
 
 
 def total_train_steps(config, info) -> int:
@@ -57,26 +64,73 @@ def total_train_steps(config, info) -> int:
   return max(1, int(math.ceil(config.num_epochs * data_lib.steps_per_epoch(config, info))))
 
 
-def make_train_step(task, tx, schedule, base_rng):
-  """(state, batch) -> (state, metrics): one update; NaN/Inf updates are skipped."""
+def _micro_batches(batch, k: int):
+  """[B, ...] -> [k, B / k, ...] with micro-batch i = rows i, i + k, ... so that
+  every device keeps contributing its own rows to each micro-batch."""
+  return jax.tree.map(lambda x: jnp.swapaxes(x.reshape((-1, k) + x.shape[1:]), 0, 1), batch)
+
+
+def make_train_step(task, tx, schedule, base_rng, *, accum_steps: int = 1,
+                    opt_cfg=None, ema_decay: float = 0.0):
+  """(state, batch) -> (state, metrics): one update; NaN/Inf updates are skipped.
+
+  accum_steps > 1 averages the gradients of that many micro-batches (a scan:
+  one micro-batch's activations in memory at a time) before the update: the
+  same update as the whole batch at once for models without batch statistics.
+  `opt_cfg.freeze / unfreeze` zero the gradients and updates of frozen
+  parameters; ema_decay > 0 keeps state.ema_params.
+  """
+  grad_fn = jax.value_and_grad(task.train_loss, has_aux=True)
+
+  def loss_and_grads(params, model_state, batch, rng):
+    if accum_steps == 1:
+      return grad_fn(params, model_state, batch, rng)
+
+    def micro(carry, xs):
+      model_state, grads_sum, loss_sum, metrics_sum = carry
+      i, mb = xs
+      (loss, (metrics, model_state)), grads = grad_fn(
+          params, model_state, mb, jax.random.fold_in(rng, i))
+      add = lambda a, b: jax.tree.map(jnp.add, a, b)
+      return (model_state, add(grads_sum, grads), loss_sum + loss,
+              add(metrics_sum, metrics)), None
+
+    mbs = _micro_batches(batch, accum_steps)
+    first = jax.tree.map(lambda x: x[0], mbs)
+    metrics_shape = jax.eval_shape(lambda: grad_fn(params, model_state, first, rng)[0][1][0])
+    zeros = lambda t: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), t)
+    init = (model_state, zeros(params), jnp.zeros((), jnp.float32), zeros(metrics_shape))
+    (model_state, grads, loss, metrics), _ = jax.lax.scan(
+        micro, init, (jnp.arange(accum_steps), mbs))
+    mean = lambda t: jax.tree.map(lambda a: a / accum_steps, t)
+    return (loss / accum_steps, (mean(metrics), model_state)), mean(grads)
 
   def train_step(state, batch):
     rng = jax.random.fold_in(base_rng, state.step)
-    grad_fn = jax.value_and_grad(task.train_loss, has_aux=True)
-    (loss, (metrics, new_model_state)), grads = grad_fn(
+    (loss, (metrics, new_model_state)), grads = loss_and_grads(
         state.params, state.model_state, batch, rng)
+    trainable = (optim.trainable_mask(state.params, opt_cfg, state.step)
+                 if opt_cfg is not None else None)
+    zero_frozen = lambda t: t if trainable is None else jax.tree.map(
+        lambda a, on: jnp.where(on, a, jnp.zeros_like(a)), t, trainable)
+    grads = zero_frozen(grads)
     grad_norm = optim.global_norm(grads)
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
+    new_params = optax.apply_updates(state.params, zero_frozen(updates))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     nonfinite_step = jnp.where(~finite & (state.nonfinite_step < 0), state.step,
                                state.nonfinite_step)
+    new_ema = state.ema_params
+    if ema_decay:
+      new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                             state.ema_params, new_params)
     new_state = state.replace(
         step=state.step + 1,
         params=keep(new_params, state.params),
         opt_state=keep(new_opt_state, state.opt_state),
         model_state=keep(new_model_state, state.model_state),
+        ema_params=keep(new_ema, state.ema_params),
         nonfinite_step=nonfinite_step)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
                    learning_rate=schedule(state.step))
@@ -97,7 +151,8 @@ def evaluate(eval_fn, state, config, mesh, task):
   for local in _data(task).eval_iterator(config, process_index=jax.process_index(),
                                          process_count=jax.process_count()):
     batch = shard_lib.to_global_batch(local, mesh)
-    s = eval_fn(state.params, state.model_state, batch)
+    params = state.params if state.ema_params is None else state.ema_params
+    s = eval_fn(params, state.model_state, batch)
     sums = s if sums is None else jax.tree.map(jnp.add, sums, s)
   sums = jax.tree.map(lambda x: float(x) if np.ndim(x) == 0 else np.asarray(x, np.float64),
                       jax.device_get(sums))  # non-scalar sums: e.g. a confusion matrix
@@ -192,6 +247,12 @@ def train_and_evaluate(config, workdir: str):
     params = variables.pop("params")
     return params, variables
 
+  init_rng = jax.random.fold_in(base_rng, 1 << 20)
+  if config.optimizer.freeze or config.optimizer.unfreeze or config.optimizer.layer_decay != 1:
+    shapes = jax.eval_shape(init_state, init_rng)[0]  # traced, not compiled
+    optim.check_freeze_patterns(shapes, config.optimizer)
+    if config.optimizer.layer_decay != 1:
+      optim.layer_decay_scales(shapes, config.optimizer.layer_decay)
   params, model_state = jax.jit(init_state, out_shardings=repl)(
       jax.random.fold_in(base_rng, 1 << 20))
   if config.init_from.checkpoint:
@@ -200,7 +261,8 @@ def train_and_evaluate(config, workdir: str):
 
   state = jax.jit(lambda p, ms: TrainState(
       step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), model_state=ms,
-      nonfinite_step=jnp.full((), -1, jnp.int32)), out_shardings=repl)(params, model_state)
+      nonfinite_step=jnp.full((), -1, jnp.int32),
+      ema_params=p if config.ema_decay else None), out_shardings=repl)(params, model_state)
 
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   if checkpointer.latest_step() is not None:
@@ -208,7 +270,9 @@ def train_and_evaluate(config, workdir: str):
     log.info("Resumed from %s at step %d", checkpointer.directory, int(state.step))
   start_step = int(state.step)
 
-  train_step = jax.jit(make_train_step(task, tx, schedule, base_rng),
+  train_step = jax.jit(make_train_step(task, tx, schedule, base_rng,
+                                       accum_steps=config.grad_accum_steps,
+                                       opt_cfg=config.optimizer, ema_decay=config.ema_decay),
                        in_shardings=(repl, shard_lib.batch_sharding(mesh)),
                        out_shardings=(repl, repl), donate_argnums=(0,))
   eval_fn = jax.jit(task.eval_sums, out_shardings=repl)
