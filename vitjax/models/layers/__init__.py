@@ -24,3 +24,10 @@ __all__ = [
 from vitjax.models.layers.conv import ConvBN, round_channels, same_padding  # noqa: E402
 
 __all__ += ["ConvBN", "round_channels", "same_padding"]
+
+from vitjax.models.layers.cross_attention import ClassTokenCrossAttention  # noqa: E402
+from vitjax.models.layers.resize import bicubic_resize_matrix, resize_bicubic_torch  # noqa: E402
+from vitjax.models.layers.std_conv import StdConv  # noqa: E402
+
+__all__ += ["ClassTokenCrossAttention", "bicubic_resize_matrix", "resize_bicubic_torch",
+            "StdConv"]
