@@ -5,8 +5,10 @@ import zlib
 import jax
 
 
-def apply_model(model, params, model_state, inputs, *, train: bool, rng=None):
+def apply_model(model, params, model_state, inputs, *, train: bool, rng=None, **kwargs):
   """Runs `model` on `inputs`; returns (logits, out, new_model_state).
+
+  `kwargs` go to the model's call (e.g. LV-ViT's `mix_box`).
 
   `model_state` holds non-parameter collections (e.g. BatchNorm's
   'batch_stats'); they are updated in training and read-only in evaluation.
@@ -15,9 +17,9 @@ def apply_model(model, params, model_state, inputs, *, train: bool, rng=None):
   rngs = {"dropout": rng} if rng is not None else {}
   if train and model_state:
     (logits, out), new_state = model.apply(
-        variables, inputs, train=True, rngs=rngs, mutable=list(model_state))
+        variables, inputs, train=True, rngs=rngs, mutable=list(model_state), **kwargs)
     return logits, out, dict(new_state)
-  logits, out = model.apply(variables, inputs, train=train, rngs=rngs)
+  logits, out = model.apply(variables, inputs, train=train, rngs=rngs, **kwargs)
   return logits, out, model_state
 
 
