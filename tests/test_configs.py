@@ -21,7 +21,8 @@ CASES = [("quickstart", None)] + [
     ("cvt_digits", None), ("cvt_13", None), ("cvt_13", "w24"),
     ("efficientnet_digits", None), ("efficientnet_b0", None), ("efficientnet_b0", "b3"),
     ("mobilevit_digits", None), ("mobilevit_digits", "v2"), ("mobilevit_s", None),
-    ("mobilevit_s", "v2")]
+    ("mobilevit_s", "v2"),
+    ("focal_digits", None), ("focal_digits", "lrf"), ("focal_tiny", None), ("focal_tiny", "lrf")]
 
 
 def load(name, arg):
