@@ -43,6 +43,9 @@ def load_pretrained(path_or_state_dict, source: str = "hf", *, config=None,
     config = os.path.join(os.fspath(path_or_state_dict), "config.json")
   state_dict = load_state_dict(path_or_state_dict)
   if source == "hf":
+    from vitjax.convert import mae  # pylint: disable=g-import-not-at-top
+    if mae.is_hf_mae(state_dict):  # an MAE: its encoder is a ViT, the decoder is dropped
+      state_dict = mae.hf_mae_encoder_state_dict(state_dict)
     params, model_kwargs = hf_vit_to_vitjax(state_dict, config, **kwargs)
   else:
     if config is not None:

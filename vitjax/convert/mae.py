@@ -1,0 +1,161 @@
+"""MAE weights: Hugging Face `ViTMAEForPreTraining` -> vitjax, and MAE -> ViT.
+
+`hf_mae_to_vitjax(state_dict, config=None, **overrides)` returns
+`(params, model_kwargs)` for `vitjax.models.mae.MaskedAutoencoder`.
+
+Mapping (HF -> vitjax):
+  vit.*                                   -> the encoder, exactly as a HF ViT
+                                             (vitjax.convert.vit): patch_embed,
+                                             cls_token, pos_embedding, block_i,
+                                             norm
+  decoder.decoder_embed                   -> decoder/embed
+  decoder.mask_token                      -> decoder/mask_token
+  decoder.decoder_pos_embed               -> decoder/pos_embedding
+  decoder.decoder_layers.{i}              -> decoder/block_{i} (q, k, v fused)
+  decoder.decoder_norm / decoder_pred     -> decoder/norm / decoder/pred
+
+Heads (num_attention_heads, decoder_num_attention_heads), layer_norm_eps,
+mask_ratio and norm_pix_loss come from the HF config (`config=`); without
+it pass num_heads= and decoder_num_heads=.
+
+Fine-tuning from an MAE (encoder-only export):
+- `mae_encoder_to_vit(params)`: a vitjax MAE's params -> the params and
+  kwargs of `VisionTransformer(pool='cls', posemb='learn', num_classes=0)`
+  (the decoder dropped). The trainer's `config.init_from` with a vitjax MAE
+  workdir needs no conversion: the encoder's names are the ViT's.
+- `hf_mae_encoder_state_dict(sd)`: the encoder tensors of a HF MAE state dict;
+  `vitjax.convert.load_pretrained(..., source='hf')` uses it, so a HF MAE
+  checkpoint (e.g. facebook/vit-mae-base) fine-tunes a ViT through
+  `--config.init_from.checkpoint=model.safetensors --config.init_from.source=hf`.
+"""
+
+import dataclasses
+import re
+from typing import Any, Dict, Mapping, Tuple
+
+import numpy as np
+
+from vitjax.convert.common import (StateDict, cast_params, count_indexed, flatten_params,
+                                   layernorm_to_flax, linear_to_dense, load_state_dict,
+                                   read_json_config, unflatten_params)
+from vitjax.convert.vit import _HF_LAYER_NAMES, hf_vit_to_vitjax
+from vitjax.errors import UserError
+
+_WHAT = "Hugging Face ViTMAE"
+_DECODER = "decoder."
+# Fields the weights fix (an override may not change them).
+_STRUCTURAL = ("patch_size", "hidden_size", "depth", "mlp_dim", "decoder_hidden_size",
+               "decoder_depth", "decoder_mlp_dim", "qkv_bias")
+
+
+def is_hf_mae(state_dict: Mapping[str, Any]) -> bool:
+  """True for a ViTMAEForPreTraining state dict (it has the pixel decoder)."""
+  return any(k.endswith("decoder.decoder_pred.weight") for k in state_dict)
+
+
+def hf_mae_encoder_state_dict(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
+  """The encoder's tensors ('vit.*') of a HF MAE state dict: a HF ViT's layout."""
+  return {k: v for k, v in state_dict.items() if not k.startswith(_DECODER)}
+
+
+def _layer(s: StateDict, p: str, names, put, t: str):
+  """One HF transformer layer `p` -> vitjax EncoderBlock params under `t`."""
+  def linear(name):
+    return s.take(f"{p}{name}.weight"), s.take(f"{p}{name}.bias", optional=True)
+  put(f"{t}/norm1", layernorm_to_flax(*linear(names["ln1"])))
+  (qw, qb), (kw, kb), (vw, vb) = (linear(names[c]) for c in "qkv")
+  if qw is not None and kw is not None and vw is not None:
+    bias = None if qb is None else np.concatenate([qb, kb, vb])
+    put(f"{t}/attn/qkv", linear_to_dense(np.concatenate([qw, kw, vw]), bias))
+  put(f"{t}/attn/proj", linear_to_dense(*linear(names["o"])))
+  put(f"{t}/norm2", layernorm_to_flax(*linear(names["ln2"])))
+  put(f"{t}/mlp/fc1", linear_to_dense(*linear(names["fc1"])))
+  put(f"{t}/mlp/fc2", linear_to_dense(*linear(names["fc2"])))
+  return qb is not None
+
+
+def hf_mae_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **overrides
+                     ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """HF ViTMAEForPreTraining state dict (+ config) -> (params, model_kwargs)."""
+  sd = load_state_dict(state_dict)
+  cfg = read_json_config(config) or {}
+  if not is_hf_mae(sd):
+    raise UserError(f"Not a {_WHAT} state dict: no decoder.decoder_pred.weight (a bare "
+                    "ViTMAEModel has no decoder: load it as a ViT with source='hf').")
+  enc_overrides = {"num_heads": overrides["num_heads"]} if "num_heads" in overrides else {}
+  enc, enc_kw = hf_vit_to_vitjax(hf_mae_encoder_state_dict(sd), cfg, param_dtype=None,
+                                 **enc_overrides)
+  flat = flatten_params(enc)
+
+  dec = {k: v for k, v in sd.items() if k.startswith(_DECODER)}
+  s = StateDict(dec, _WHAT, _DECODER)
+  def put(name, tree):
+    for k, v in tree.items():
+      flat[f"decoder/{name}/{k}"] = v
+  embed_w = s.take("decoder_embed.weight")
+  put("embed", linear_to_dense(embed_w, s.take("decoder_embed.bias")))
+  flat["decoder/mask_token"] = s.take("mask_token")
+  flat["decoder/pos_embedding"] = s.take("decoder_pos_embed")
+  layout = "legacy" if any(".attention.attention." in k for k in dec) else "v5"
+  depth = count_indexed(dec, re.escape(_DECODER + "decoder_layers.") + r"(\d+)\.")
+  for i in range(depth):
+    _layer(s, f"decoder_layers.{i}.", _HF_LAYER_NAMES[layout], put, f"block_{i}")
+  put("norm", layernorm_to_flax(s.take("decoder_norm.weight"), s.take("decoder_norm.bias")))
+  put("pred", linear_to_dense(s.take("decoder_pred.weight"), s.take("decoder_pred.bias")))
+  s.finish()
+  if not depth:
+    raise UserError(f"Not a {_WHAT} state dict: no decoder.decoder_layers.<i>.* tensors.")
+
+  kwargs = dict(
+      patch_size=enc_kw["patch_size"], hidden_size=enc_kw["hidden_size"],
+      depth=enc_kw["depth"], num_heads=enc_kw["num_heads"], mlp_dim=enc_kw["mlp_dim"],
+      qkv_bias=enc_kw["qkv_bias"], layer_norm_eps=enc_kw["layer_norm_eps"],
+      decoder_hidden_size=embed_w.shape[0], decoder_depth=depth,
+      decoder_num_heads=cfg.get("decoder_num_attention_heads"),
+      decoder_mlp_dim=flat["decoder/block_0/mlp/fc1/kernel"].shape[1],
+      mask_ratio=float(cfg.get("mask_ratio", 0.75)),
+      norm_pix_loss=bool(cfg.get("norm_pix_loss", False)))
+  from vitjax.models.mae import MaskedAutoencoder  # pylint: disable=g-import-not-at-top
+  fields = {f.name for f in dataclasses.fields(MaskedAutoencoder)} - {"parent", "name"}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise UserError(f"Unknown MaskedAutoencoder argument(s) {', '.join(unknown)}; "
+                    f"valid: {', '.join(sorted(fields))}.")
+  for k, v in overrides.items():
+    if k in _STRUCTURAL and v != kwargs[k]:
+      raise UserError(f"{_WHAT}: the checkpoint has {k}={kwargs[k]!r}; it cannot be "
+                      f"loaded into a model with {k}={v!r}.")
+    kwargs[k] = v
+  if kwargs["decoder_num_heads"] is None:
+    raise UserError(f"{_WHAT}: the decoder's number of heads cannot be read from the "
+                    "weights; pass the config.json (config=) or decoder_num_heads=... "
+                    "(16 in the paper's models).")
+  return cast_params(unflatten_params(flat), param_dtype), kwargs
+
+
+def mae_encoder_to_vit(params, model_kwargs: Mapping[str, Any] = None
+                       ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """A vitjax MAE's params -> (params, kwargs) of the ViT its encoder is.
+
+  The result is `VisionTransformer(**kwargs)` with pool='cls',
+  posemb='learn' (starting from MAE's sin-cos values) and no head; add a head
+  (num_classes=...) and fine-tune. `model_kwargs`: the MAE's kwargs (e.g.
+  from `hf_mae_to_vitjax`) for the widths and heads.
+  """
+  flat = {k: np.asarray(v) for k, v in flatten_params(params).items()}
+  if flat and all(k.startswith("params/") for k in flat):
+    flat = {k[len("params/"):]: v for k, v in flat.items()}
+  if "pos_embedding" not in flat or "patch_embed/proj/kernel" not in flat:
+    raise UserError("Not vitjax MAE params: no patch_embed/proj or pos_embedding.")
+  vit = {k: v for k, v in flat.items() if not k.startswith("decoder/")}
+  kw = dict(model_kwargs or {})
+  vit_kwargs = dict(num_classes=0, pool="cls", posemb="learn", fc_norm=False)
+  for k in ("patch_size", "hidden_size", "depth", "num_heads", "mlp_dim", "qkv_bias",
+            "layer_norm_eps", "drop_path_rate", "dtype"):
+    if k in kw:
+      vit_kwargs[k] = kw[k]
+  vit_kwargs.setdefault("patch_size", vit["patch_embed/proj/kernel"].shape[0])
+  vit_kwargs.setdefault("hidden_size", vit["cls_token"].shape[-1])
+  vit_kwargs.setdefault("depth", count_indexed(vit, r"block_(\d+)/"))
+  vit_kwargs.setdefault("mlp_dim", vit["block_0/mlp/fc1/kernel"].shape[1])
+  return unflatten_params(vit), vit_kwargs
