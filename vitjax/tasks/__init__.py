@@ -9,8 +9,10 @@ A task is a class built as `Task(config, dataset_info, model)` with:
 
 from vitjax.errors import UserError
 from vitjax.tasks.classification import ClassificationTask
+from vitjax.tasks.mae import MaeTask
 
 TASKS = {"classification": ClassificationTask}
+TASKS["mae"] = MaeTask
 
 
 def get_task(name: str):
