@@ -22,7 +22,8 @@ CASES = [("quickstart", None)] + [
     ("efficientnet_digits", None), ("efficientnet_b0", None), ("efficientnet_b0", "b3"),
     ("mobilevit_digits", None), ("mobilevit_digits", "v2"), ("mobilevit_s", None),
     ("mobilevit_s", "v2"),
-    ("focal_digits", None), ("focal_digits", "lrf"), ("focal_tiny", None), ("focal_tiny", "lrf")]
+    ("focal_digits", None), ("focal_digits", "lrf"), ("focal_tiny", None), ("focal_tiny", "lrf"),
+    ("mae_digits", None), ("mae_vit_b16", None)]
 
 
 def load(name, arg):

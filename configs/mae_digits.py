@@ -1,0 +1,27 @@
+"""MAE pretraining of a small ViT on the embedded UCI digits (labels unused).
+
+  python -m vitjax.main --config=configs/mae_digits.py --workdir=/tmp/mae_digits
+
+16x16 input, patch 4 -> 16 patches, 4 of them visible (mask ratio 0.75); the
+encoder is configs/quickstart.py's ViT (width 64, 4 blocks), so the result
+fine-tunes it with
+  python -m vitjax.main --config=configs/quickstart.py --workdir=/tmp/mae_ft \
+      --config.init_from.checkpoint=/tmp/mae_digits
+and `python -m vitjax.tools.probe --workdir=/tmp/mae_digits --method=knn`
+probes the frozen encoder. The eval metric is the reconstruction loss of the
+masked patches of the 360 test digits. Measured (2 shared CPU cores):
+experiments/ssl_digits.py.
+"""
+
+from vitjax.config import digits_recipe
+
+
+def get_config(arg=None):
+  del arg
+  c = digits_recipe("mae_vit_quickstart", num_epochs=60, learning_rate=1e-3,
+                    mask_ratio=0.75, norm_pix_loss=False)
+  c.task = "mae"
+  c.label_smoothing = 0.0
+  c.optimizer.b2 = 0.95          # the MAE paper's AdamW betas (0.9, 0.95)
+  c.optimizer.grad_clip_norm = 0.0
+  return c
