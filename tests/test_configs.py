@@ -24,7 +24,8 @@ CASES = [("quickstart", None)] + [
     ("mobilevit_s", "v2"),
     ("focal_digits", None), ("focal_digits", "lrf"), ("focal_tiny", None), ("focal_tiny", "lrf"),
     ("mae_digits", None), ("mae_vit_b16", None),
-    ("segformer_shapes", None), ("segformer_shapes", "tiny")]
+    ("segformer_shapes", None), ("segformer_shapes", "tiny"),
+    ("crossvit_digits", None), ("crossvit_tiny", None), ("crossvit_tiny", "15_dagger")]
 
 
 def load(name, arg):
