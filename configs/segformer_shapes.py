@@ -46,7 +46,7 @@ def get_config(arg=None):
   c.input.image_size = 64
   c.input.flip = True
   c.batch_size = 32
-  c.eval_batch_size = 100
+  c.eval_batch_size = 128
   c.total_steps = 1500
   c.optimizer.update(learning_rate=2e-3, weight_decay=0.01, warmup_steps=100)
   c.log_every_steps = 50
