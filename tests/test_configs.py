@@ -25,7 +25,8 @@ CASES = [("quickstart", None)] + [
     ("focal_digits", None), ("focal_digits", "lrf"), ("focal_tiny", None), ("focal_tiny", "lrf"),
     ("mae_digits", None), ("mae_vit_b16", None),
     ("segformer_shapes", None), ("segformer_shapes", "tiny"),
-    ("crossvit_digits", None), ("crossvit_tiny", None), ("crossvit_tiny", "15_dagger")]
+    ("crossvit_digits", None), ("crossvit_tiny", None), ("crossvit_tiny", "15_dagger"),
+    ("nat_digits", None), ("nat_digits", "dinat"), ("nat_mini", None), ("nat_mini", "dinat")]
 
 
 def load(name, arg):
