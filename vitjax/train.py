@@ -8,6 +8,7 @@ data-parallel mesh -> periodic logging, evaluation and checkpoints -> final
 evaluation. Resume is exact: data order and RNG are functions of the step.
 """
 
+import functools
 import json
 import logging
 import math
@@ -78,11 +79,14 @@ def make_train_step(task, tx, schedule, base_rng, *, accum_steps: int = 1,
   one micro-batch's activations in memory at a time) before the update: the
   same update as the whole batch at once for models without batch statistics.
   `opt_cfg.freeze / unfreeze` zero the gradients and updates of frozen
-  parameters; ema_decay > 0 keeps state.ema_params.
+  parameters; ema_decay > 0 keeps state.ema_params. `consts` (a task's
+  `constants()`, e.g. a frozen teacher's weights) reach `task.train_loss` as
+  an argument of the step, not as constants baked into the program.
   """
-  grad_fn = jax.value_and_grad(task.train_loss, has_aux=True)
-
-  def loss_and_grads(params, model_state, batch, rng):
+  def loss_and_grads(params, model_state, batch, rng, consts):
+    loss_fn = (task.train_loss if consts is None else
+               functools.partial(task.train_loss, consts=consts))
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum_steps == 1:
       return grad_fn(params, model_state, batch, rng)
 
@@ -105,10 +109,10 @@ def make_train_step(task, tx, schedule, base_rng, *, accum_steps: int = 1,
     mean = lambda t: jax.tree.map(lambda a: a / accum_steps, t)
     return (loss / accum_steps, (mean(metrics), model_state)), mean(grads)
 
-  def train_step(state, batch):
+  def train_step(state, batch, consts=None):
     rng = jax.random.fold_in(base_rng, state.step)
     (loss, (metrics, new_model_state)), grads = loss_and_grads(
-        state.params, state.model_state, batch, rng)
+        state.params, state.model_state, batch, rng, consts)
     trainable = (optim.trainable_mask(state.params, opt_cfg, state.step)
                  if opt_cfg is not None else None)
     zero_frozen = lambda t: t if trainable is None else jax.tree.map(
@@ -253,6 +257,8 @@ def train_and_evaluate(config, workdir: str):
     optim.check_freeze_patterns(shapes, config.optimizer)
     if config.optimizer.layer_decay != 1:
       optim.layer_decay_scales(shapes, config.optimizer.layer_decay)
+  if hasattr(task, "check_features"):
+    task.check_features(jax.eval_shape(init_state, init_rng)[0])
   params, model_state = jax.jit(init_state, out_shardings=repl)(
       jax.random.fold_in(base_rng, 1 << 20))
   if config.init_from.checkpoint:
@@ -270,11 +276,18 @@ def train_and_evaluate(config, workdir: str):
     log.info("Resumed from %s at step %d", checkpointer.directory, int(state.step))
   start_step = int(state.step)
 
-  train_step = jax.jit(make_train_step(task, tx, schedule, base_rng,
-                                       accum_steps=config.grad_accum_steps,
-                                       opt_cfg=config.optimizer, ema_decay=config.ema_decay),
-                       in_shardings=(repl, shard_lib.batch_sharding(mesh)),
-                       out_shardings=(repl, repl), donate_argnums=(0,))
+  consts = task.constants() if hasattr(task, "constants") else None
+  step_fn = make_train_step(task, tx, schedule, base_rng, accum_steps=config.grad_accum_steps,
+                            opt_cfg=config.optimizer, ema_decay=config.ema_decay)
+  batch_sharding = shard_lib.batch_sharding(mesh)
+  if consts is None:
+    train_step = jax.jit(step_fn, in_shardings=(repl, batch_sharding),
+                         out_shardings=(repl, repl), donate_argnums=(0,))
+  else:
+    consts = jax.device_put(consts, repl)
+    jitted = jax.jit(step_fn, in_shardings=(repl, batch_sharding, repl),
+                     out_shardings=(repl, repl), donate_argnums=(0,))
+    train_step = lambda state, batch: jitted(state, batch, consts)
   eval_fn = jax.jit(task.eval_sums, out_shardings=repl)
 
   writer = MetricWriter(workdir)

@@ -10,10 +10,12 @@ A task is a class built as `Task(config, dataset_info, model)` with:
 from vitjax.errors import UserError
 from vitjax.tasks.classification import ClassificationTask
 from vitjax.tasks.mae import MaeTask
+from vitjax.tasks.distillation import DistillationTask
 from vitjax.tasks.segmentation import SegmentationTask
 from vitjax.tasks.token_labeling import TokenLabelingTask
 
-TASKS = {"classification": ClassificationTask, "segmentation": SegmentationTask}
+TASKS = {"classification": ClassificationTask, "distillation": DistillationTask,
+         "segmentation": SegmentationTask}
 TASKS["token_labeling"] = TokenLabelingTask
 TASKS["mae"] = MaeTask
 
