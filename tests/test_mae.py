@@ -1,6 +1,8 @@
 """MAE: parity with HF ViTMAEForPreTraining (same noise), masking, the encoder
 as a ViT for fine-tuning, parameter counts, bad mask ratios."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,7 @@ from vitjax.errors import UserError
 from vitjax.models import create_model
 from vitjax.models.mae import MaskedAutoencoder, mae_posemb, patchify, unpatchify
 from vitjax.models.vit import VisionTransformer
+from vitjax.tasks.mae import MaeTask
 
 SIZE, PATCH, BATCH = 16, 4, 3
 N = (SIZE // PATCH) ** 2
@@ -122,14 +125,17 @@ def test_masking_from_rng_and_fixed_posemb(hf_mae):
   mae = MaskedAutoencoder(**kw)
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, SIZE, SIZE, 3)), jnp.float32)
 
+  task = MaeTask(_tiny_mae_config(), None, mae)
+  batch = {"image": x, "mask": jnp.array([True, False])}
+
   @jax.jit
   def everything(p):  # one compilation
     run = lambda k: mae.apply({"params": p}, x, rngs={"masking": jax.random.PRNGKey(k)})[1]
-    loss = lambda p: mae.apply({"params": p}, x, rngs={"masking": jax.random.PRNGKey(1)}
-                               )[1]["loss"]
-    return run(1), run(1), run(2), jax.grad(loss)(p), mae.apply({"params": p}, x)[1]
+    grads = jax.grad(lambda p: task.train_loss(p, {}, batch, jax.random.PRNGKey(1))[0])(p)
+    return (run(1), run(1), run(2), grads, mae.apply({"params": p}, x)[1],
+            task.eval_sums(p, {}, batch))
 
-  a, b, c, grads, plain = everything(params)
+  a, b, c, grads, plain, sums = everything(params)
   np.testing.assert_array_equal(a["mask"].sum(1), [N - N // 4] * 2)
   np.testing.assert_array_equal(a["mask"], b["mask"])
   assert not np.array_equal(a["mask"], c["mask"])
@@ -139,6 +145,8 @@ def test_masking_from_rng_and_fixed_posemb(hf_mae):
   assert np.any(grads["cls_token"]) and np.any(grads["decoder"]["mask_token"])
   # No noise, no rng: the encoder sees the whole image; there is no loss.
   assert "loss" not in plain and plain["feature_map"].shape == (2, 4, 4, 32)
+  # The 'mae' task: eval sums over the valid rows (the second is padding).
+  assert float(sums["count"]) == 1.0 and 0 < float(sums["loss"]) < 100
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0, -0.5, 1.5])
@@ -163,3 +171,26 @@ def test_param_counts(name):
   decoder = sum(x.size for x in jax.tree.leaves(shapes["params"]["decoder"]))
   assert total == COUNTS[name][0]
   assert abs((total - decoder) / COUNTS[name][1] - 1) < 0.01
+
+
+def _tiny_mae_config(**model):
+  from vitjax.config import digits_recipe  # pylint: disable=g-import-not-at-top
+  c = digits_recipe("mae_vit_quickstart", hidden_size=16, depth=1, num_heads=2, mlp_dim=16,
+                    decoder_hidden_size=8, decoder_depth=1, decoder_num_heads=2,
+                    decoder_mlp_dim=8, **model)
+  c.task = "mae"
+  c.batch_size, c.total_steps, c.log_every_steps = 32, 2, 1
+  c.eval_every_steps = c.checkpoint_every_steps = 2
+  return c
+
+
+def test_bad_config_stops_the_trainer_at_start_up(tmp_path):
+  """A bad mask ratio or a non-MAE model with task='mae': UserError before compiling."""
+  from vitjax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError, match=r"mask_ratio=1\.5 must be in \(0, 1\)"):
+    train_and_evaluate(_tiny_mae_config(mask_ratio=1.5), str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad" / "checkpoints")
+  c = _tiny_mae_config()
+  c.model_name, c.model = "vit_quickstart", {}
+  with pytest.raises(UserError, match="masked-autoencoder model"):
+    train_and_evaluate(c, str(tmp_path / "vit"))
