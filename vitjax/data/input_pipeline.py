@@ -59,7 +59,9 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
+from vitjax.data import augment as augment_lib
 from vitjax.data import digits
+from vitjax.data import digits_multilabel
 from vitjax.data import imagefolder
 from vitjax.data import preprocess
 from vitjax.errors import UserError
@@ -85,6 +87,8 @@ class DatasetInfo:
   num_eval_examples: int
   class_names: tuple[str, ...]
   image_channels: int = 3  # Always 3 after preprocessing.
+  # True: `label` is a multi-hot int32 [num_classes] (several classes per image).
+  multi_label: bool = False
 
 
 # ----------------------------------------------------------------------------
@@ -124,7 +128,8 @@ def _preprocessing(config) -> preprocess.Preprocessing:
       image_size=size, train_augment=inp.train_augment, crop_scale=crop_scale,
       crop_padding=inp.crop_padding, flip=bool(inp.flip),
       eval_resize=eval_resize, mean=tuple(map(float, mean)),
-      std=tuple(map(float, std)))
+      std=tuple(map(float, std)),
+      augment=augment_lib.resolve(config.get('augment')))
 
 
 def _local_batch(total: int, process_count: int, field: str) -> int:
@@ -222,6 +227,16 @@ def _digits_source(config) -> _Source:
   return _ArraySource(info=info, train_data=train, eval_data=eval_)
 
 
+def _digits_multilabel_source(config) -> _Source:
+  train = digits_multilabel.load_split(config.dataset.train_split)
+  eval_ = digits_multilabel.load_split(config.dataset.eval_split)
+  info = DatasetInfo(
+      num_classes=len(digits_multilabel.CLASS_NAMES),
+      num_train_examples=len(train[1]), num_eval_examples=len(eval_[1]),
+      class_names=digits_multilabel.CLASS_NAMES, multi_label=True)
+  return _ArraySource(info=info, train_data=train, eval_data=eval_)
+
+
 def _path_array(paths) -> np.ndarray:
   # Bytes objects: a fixed-width numpy str array would take 4 bytes per char.
   return np.array([os.fsencode(p) for p in paths], dtype=object)
@@ -298,20 +313,30 @@ class _TfdsSource(_Source):
     if not (isinstance(keys, tuple) and len(keys) == 2 and
             all(isinstance(k, str) for k in keys)):
       keys = ('image', 'label')
+      # Multi-label sets (e.g. voc/2007): a top-level Sequence(ClassLabel)
+      # 'labels', or the 'label' of every entry of 'objects'.
+      if 'label' not in features and 'labels' in features:
+        keys = ('image', 'labels')
+      elif 'label' not in features and 'objects' in features:
+        keys = ('image', 'objects/label')
     self._image_key, self._label_key = keys
-    label = (features[self._label_key] if self._label_key in features else
-             None)
+    label, multi_label = self._label_feature(features, self._label_key)
     if (self._image_key not in features or
         not isinstance(label, tfds.features.ClassLabel)):
       raise UserError(
           f'TFDS dataset {name!r} is not an image classification dataset: '
           f'expected an image feature {self._image_key!r} and a ClassLabel '
-          f'feature {self._label_key!r}, got {list(features.keys())}.')
+          f'(or a sequence of ClassLabel: multi-label) feature '
+          f'{self._label_key!r}, got {list(features.keys())}.')
     image_feature = features[self._image_key]
     image_decoder = ({self._image_key: tfds.decode.SkipDecoding()} if
                      isinstance(image_feature, tfds.features.Image) else None)
+    parts = self._label_key.split('/')
+    label_decode = {parts[1]: True} if len(parts) == 2 else True
     self._decoders = tfds.decode.PartialDecoding(
-        {self._image_key: True, self._label_key: True}, decoders=image_decoder)
+        {self._image_key: True, parts[0]: label_decode}, decoders=image_decoder)
+    self._multi_label = multi_label
+    self._num_classes = label.num_classes
     self._train_split = config.dataset.train_split
     self._eval_split = config.dataset.eval_split
     self._shuffle_buffer = int(config.dataset.get('shuffle_buffer', 10_000))
@@ -324,7 +349,32 @@ class _TfdsSource(_Source):
         num_classes=label.num_classes,
         num_train_examples=self._split_size(self._train_split),
         num_eval_examples=self._split_size(self._eval_split),
-        class_names=names))
+        class_names=names, multi_label=multi_label))
+
+  def _label_feature(self, features, key):
+    """(the ClassLabel behind `key`, whether it is a sequence: multi-label)."""
+    tfds = self._tfds
+    parts = key.split('/')
+    if parts[0] not in features:
+      return None, False
+    feature = features[parts[0]]
+    if len(parts) == 2:
+      if not isinstance(feature, tfds.features.Sequence):
+        return None, False
+      inner = feature.feature
+      return (inner[parts[1]] if parts[1] in inner.keys() else None), True
+    if isinstance(feature, tfds.features.Sequence):
+      return feature.feature, True
+    return feature, False
+
+  def _label(self, ex):
+    """The class index, or the multi-hot int32 [num_classes] of a sequence."""
+    parts = self._label_key.split('/')
+    label = ex[parts[0]] if len(parts) == 1 else ex[parts[0]][parts[1]]
+    if not self._multi_label:
+      return label
+    hot = tf.one_hot(label, self._num_classes, dtype=tf.int32)
+    return tf.minimum(tf.reduce_sum(hot, axis=0), 1)
 
   def _split_size(self, split: str) -> int:
     splits = self._builder.info.splits
@@ -354,7 +404,7 @@ class _TfdsSource(_Source):
     ds = self._builder.as_dataset(
         split=split, shuffle_files=shuffle_seed is not None,
         decoders=self._decoders, read_config=read_config)
-    return ds.map(lambda ex: (ex[self._image_key], ex[self._label_key]))
+    return ds.map(lambda ex: (ex[self._image_key], self._label(ex)))
 
   def train_stream(self, seed, epoch, epoch_len, start, process_index,
                    process_count, batch_size):
@@ -375,6 +425,8 @@ def _make_source(config) -> _Source:
   name = config.dataset.name
   if name == 'digits':
     return _digits_source(config)
+  if name == 'digits_multilabel':
+    return _digits_multilabel_source(config)
   if name == 'imagefolder':
     return _imagefolder_source(config)
   return _TfdsSource(config)
@@ -548,9 +600,10 @@ def eval_iterator(config, *, process_index: int = 0,
   if source.corrupt_images == 'skip':
     ds = ds.ignore_errors(log_warning=True)
   size = prep.image_size
+  label_shape = [source.info.num_classes] if source.info.multi_label else []
   padding = tf.data.Dataset.from_tensors(dict(
       image=tf.zeros([size, size, 3], tf.float32),
-      label=tf.constant(0, tf.int32), mask=tf.constant(False))).repeat()
+      label=tf.zeros(label_shape, tf.int32), mask=tf.constant(False))).repeat()
   ds = ds.concatenate(padding).take(num_batches * local_batch)
   ds = _finish(ds.batch(local_batch))
   expected = len(range(process_index, n, process_count))

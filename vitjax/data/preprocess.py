@@ -22,6 +22,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from vitjax.data import augment as augment_lib
+
 TRAIN_AUGMENTS = ('inception_crop', 'random_crop', 'none')
 # Aspect-ratio range of the Inception-style random resized crop.
 _ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
@@ -38,6 +40,8 @@ class Preprocessing:
   eval_resize: int | None
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
+  # RandAugment / color jitter / random erasing (config.augment, resolved).
+  augment: augment_lib.Augment = augment_lib.Augment()
 
 
 def to_float_rgb(image: tf.Tensor) -> tf.Tensor:
@@ -117,7 +121,8 @@ def _normalize(image, p: Preprocessing):
 
 
 def train_image(image, seed, p: Preprocessing) -> tf.Tensor:
-  """Train preprocessing: decode -> augment -> resize -> flip -> normalize.
+  """Train preprocessing: decode -> crop -> resize -> flip -> RandAugment ->
+  color jitter -> normalize -> random erasing (the last three as configured).
 
   Args:
     image: encoded or raw image (see module docstring).
@@ -135,7 +140,15 @@ def train_image(image, seed, p: Preprocessing) -> tf.Tensor:
   image = _resize(image, p.image_size, p.image_size)
   if p.flip:
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  return _normalize(image, p)
+  if p.augment.host_side:
+    # Folded-in seeds: crop and flip stay what they were without augmentation.
+    aug_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+    image = augment_lib.augment_image(image, aug_seed, p.augment)
+  image = _normalize(image, p)
+  if p.augment.random_erase:
+    erase_seed = tf.random.experimental.stateless_fold_in(seed, 2)
+    image = augment_lib.random_erase(image, erase_seed, p.augment.random_erase)
+  return image
 
 
 def eval_image(image, p: Preprocessing) -> tf.Tensor:

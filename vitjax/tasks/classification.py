@@ -1,10 +1,18 @@
-"""Supervised multi-class classification: softmax cross-entropy, top-1/top-5."""
+"""Supervised multi-class classification: softmax cross-entropy, top-1/top-5.
+
+With config.augment Mixup / CutMix on, the train step mixes the batch and
+trains on the soft targets (vitjax/tasks/mixing.py); train accuracy is then
+measured against the unmixed labels.
+"""
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from vitjax.tasks.base import apply_model
+from vitjax.data import augment as augment_lib
+from vitjax.errors import UserError
+from vitjax.tasks import mixing
+from vitjax.tasks.base import apply_model, fold_rng
 
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
@@ -30,16 +38,32 @@ class ClassificationTask:
     self.info = info
     self.model = model
     self.num_classes = info.num_classes
+    self.augment = augment_lib.resolve(config.get("augment"))
+    if getattr(info, "multi_label", False):
+      raise UserError(
+          f"config.dataset.name={config.dataset.name!r} is multi-label (several classes "
+          f"per image) but config.task={config.task!r} is single-label softmax "
+          "classification; use --config.task=multilabel.")
 
   def init_inputs(self):
     s = self.config.input.image_size
     return jnp.zeros((1, s, s, 3), jnp.float32)
 
   def train_loss(self, params, model_state, batch, rng):
-    logits, _, new_state = apply_model(self.model, params, model_state, batch["image"],
+    images = batch["image"]
+    if self.augment.mixing:
+      targets = jax.nn.one_hot(batch["label"], self.num_classes)
+      if self.config.label_smoothing:
+        targets = optax.smooth_labels(targets, self.config.label_smoothing)
+      images, targets = mixing.maybe_mix(self.augment, fold_rng(rng, "mixing"), images,
+                                         targets)
+    logits, _, new_state = apply_model(self.model, params, model_state, images,
                                        train=True, rng=rng)
-    loss = cross_entropy(logits, batch["label"], self.num_classes,
-                         self.config.label_smoothing)
+    if self.augment.mixing:
+      loss = jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
+    else:
+      loss = cross_entropy(logits, batch["label"], self.num_classes,
+                           self.config.label_smoothing)
     acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     return loss, ({"accuracy": acc}, new_state)
 
