@@ -11,12 +11,14 @@ from vitjax.errors import UserError
 from vitjax.tasks.classification import ClassificationTask
 from vitjax.tasks.mae import MaeTask
 from vitjax.tasks.distillation import DistillationTask
+from vitjax.tasks.multilabel import MultiLabelTask
 from vitjax.tasks.segmentation import SegmentationTask
 from vitjax.tasks.token_labeling import TokenLabelingTask
 
 TASKS = {"classification": ClassificationTask, "distillation": DistillationTask,
          "segmentation": SegmentationTask}
 TASKS["token_labeling"] = TokenLabelingTask
+TASKS["multilabel"] = MultiLabelTask
 TASKS["mae"] = MaeTask
 
 
