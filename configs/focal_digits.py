@@ -7,6 +7,10 @@ window grown by 1 on each side (6x6 fine tokens) and to the 3x3 pooled
 windows around it (focal level 2, focal window 3) -> 2x2 embedding -> 4x4
 map (one window, no ring, the whole map pooled to one token). Arg 'lrf' adds
 a third focal level (2x2 sub-windows pooled, regions of 4x4 / 2x2 tokens).
+
+Measured (seed 0, default arg, shared 2-core CPU under heavy load): 95.3%
+test accuracy on the 360 held-out digits after 660 steps (60 epochs), 8.5 min
+wall time for the whole command, compile 52 s.
 """
 
 from vitjax.config import digits_recipe

@@ -31,3 +31,9 @@ from vitjax.models.layers.std_conv import StdConv  # noqa: E402
 
 __all__ += ["ClassTokenCrossAttention", "bicubic_resize_matrix", "resize_bicubic_torch",
             "StdConv"]
+
+from vitjax.models.layers.focal_attention import (  # noqa: E402
+    FocalAttention, cross_relative_position_index, fine_key_indices, pooled_key_indices)
+
+__all__ += ["FocalAttention", "cross_relative_position_index", "fine_key_indices",
+            "pooled_key_indices"]
