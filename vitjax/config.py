@@ -66,6 +66,23 @@ def default_config() -> ml_collections.ConfigDict:
       freeze=(),              # regexes on 'a/b/c' param paths: matches never change
       unfreeze=(),            # ((step, regex), ...): frozen until that step (progressive)
   ))
+  # Augmentation and regularisation (vitjax/data/augment.py, vitjax/tasks/mixing.py).
+  # RandAugment, color jitter and random erasing run in tf.data; Mixup / CutMix
+  # in the jitted train step (classification and multilabel tasks).
+  c.augment = ml_collections.ConfigDict(dict(
+      preset="",              # AugReg: '' | none | light1 | light2 | medium1 | medium2 |
+                              # strong1 | strong2 (light/medium/strong = ...1); sets the
+                              # RandAugment and mixup_alpha fields (do not set both)
+      randaugment_layers=0,   # RandAugment N (0: off)
+      randaugment_magnitude=10.0,  # RandAugment M (0..30)
+      color_jitter=0.0,       # brightness/contrast/saturation factors in 1 +- this
+      random_erase=0.0,       # probability of erasing a random box (N(0, 1) noise)
+      mixup_alpha=0.0,        # Beta(a, a); 0: off
+      cutmix_alpha=0.0,       # Beta(a, a); 0: off
+      mix_prob=1.0,           # probability that a batch / example is mixed at all
+      switch_prob=0.5,        # with both alphas > 0: probability of CutMix
+      mix_mode="batch",       # 'batch' (one lambda per batch) | 'elem' (per example)
+  ))
   c.label_smoothing = 0.0
   c.grad_accum_steps = 1      # micro-batches per update (batch_size is the whole update)
   c.ema_decay = 0.0           # > 0: keep an EMA of the params; evaluation uses it
@@ -117,6 +134,22 @@ def _check_keys(cfg, ref, path=""):
       _check_keys(cfg[key], ref[key], full + ".")
 
 
+def _validate_augment(config):
+  """config.augment values, and Mixup / CutMix only where a task mixes."""
+  from vitjax.data import augment  # pylint: disable=g-import-not-at-top
+  aug = augment.resolve(config.get("augment"))
+  if aug.mixing and config.task not in ("classification", "multilabel"):
+    raise UserError(
+        f"config.augment mixes images (mixup_alpha={aug.mixup_alpha}, cutmix_alpha="
+        f"{aug.cutmix_alpha}), but config.task={config.task!r} trains on hard labels "
+        "and would ignore the mixed targets; Mixup / CutMix work with the "
+        "'classification' and 'multilabel' tasks. Set mixup_alpha=0 and cutmix_alpha=0 "
+        "(or a preset without Mixup: 'none' / 'light1').")
+  if not 0.0 <= config.label_smoothing < 1.0:
+    raise UserError(f"config.label_smoothing={config.label_smoothing}: use a value in "
+                    "[0, 1) (0.1 is usual).")
+
+
 def validate_config(config, num_devices: int, num_processes: int = 1):
   """Raises UserError for unknown keys and impossible values."""
   _check_keys(config, default_config())
@@ -149,6 +182,7 @@ def validate_config(config, num_devices: int, num_processes: int = 1):
   if not 0.0 < config.optimizer.layer_decay <= 1.0:
     raise UserError(f"config.optimizer.layer_decay={config.optimizer.layer_decay}: use a "
                     "value in (0, 1] (1 = off; 0.65-0.75 is usual for ViT fine-tuning).")
+  _validate_augment(config)
   if config.init_from.source not in ("vitjax", "hf", "timm"):
     raise UserError(f"config.init_from.source={config.init_from.source!r}: use "
                     "'vitjax', 'hf' or 'timm'.")
