@@ -31,13 +31,14 @@ class EncoderBlock(nn.Module):
   qkv_bias: bool = True
   layer_norm_eps: float = 1e-6
   dtype: Any = jnp.float32
+  attention_impl: str = "einsum"
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
     y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm1")(x)
     y = Attention(self.num_heads, qkv_bias=self.qkv_bias, dtype=self.dtype,
                   attention_dropout=self.attention_dropout, dropout=self.dropout,
-                  name="attn")(y, deterministic)
+                  impl=self.attention_impl, name="attn")(y, deterministic)
     x = x + DropPath(self.drop_path)(y, deterministic)
     y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm2")(x)
     y = Mlp(self.mlp_dim, dropout=self.dropout, dtype=self.dtype, name="mlp")(y, deterministic)
@@ -55,6 +56,9 @@ class VisionTransformer(nn.Module):
     instead of before it (big_vision layout).
   distilled: DeiT's extra distillation token and second head.
   num_classes: 0 gives no head (logits are the pre-logits).
+  attention_impl: how attention is computed ('einsum', 'fused', 'xla',
+    'cudnn', 'chunked', 'auto'; see layers/attention.py); same parameters
+    and results, different speed and memory.
   """
   num_classes: int = 1000
   patch_size: int = 16
@@ -75,6 +79,7 @@ class VisionTransformer(nn.Module):
   head_zero_init: bool = True
   remat: bool = False
   dtype: Any = jnp.float32
+  attention_impl: str = "einsum"
 
   def setup_checks(self):
     if self.pool not in ("cls", "gap"):
@@ -131,7 +136,8 @@ class VisionTransformer(nn.Module):
       x = block_cls(self.num_heads, self.mlp_dim, dropout=self.dropout,
                     attention_dropout=self.attention_dropout, drop_path=dpr,
                     qkv_bias=self.qkv_bias, layer_norm_eps=self.layer_norm_eps,
-                    dtype=self.dtype, name=f"block_{i}")(x, deterministic)
+                    dtype=self.dtype, attention_impl=self.attention_impl,
+                    name=f"block_{i}")(x, deterministic)
       out[f"block_{i}"] = x
 
     norm = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,

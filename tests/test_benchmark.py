@@ -1,0 +1,100 @@
+"""experiments/benchmark.py runs and reports; attention formulations agree."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import benchmark
+from vitjax.models import create_model
+from vitjax.models.layers.attention import (chunked_dot_product_attention,
+                                            dot_product_attention)
+
+REQUIRED = ("impl", "mode", "images_per_s", "mfu", "peak_memory_mb")
+TINY = ["--model", "vit_tiny_patch16_224", "--model-kw", '{"depth": 1, "num_heads": 3}',
+        "--batch", "2", "--resolution", "32", "--num-classes", "10", "--runs", "5",
+        "--warmup", "1", "--peak-size", "256"]
+
+
+def _json_lines(out):
+  return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+
+
+def test_harness_vitjax_inference_and_train(capsys):
+  benchmark.main(TINY + ["--train"])
+  rows = _json_lines(capsys.readouterr().out)
+  assert [(r["impl"], r["mode"]) for r in rows] == [("vitjax", "inference"), ("vitjax", "train")]
+  for r in rows:
+    assert all(k in r for k in REQUIRED), r
+    assert r["images_per_s"] > 0 and 0 < r["mfu"] and r["peak_memory_mb"] > 0
+    assert r["gflops_per_step"] > 0 and len(r["step_ms_runs"]) >= 5
+  # The train step (forward + backward) costs more FLOPs than the forward.
+  assert rows[1]["gflops_per_step"] > 2 * rows[0]["gflops_per_step"]
+
+
+def test_harness_pytorch_eager(capsys, torch, transformers):
+  del torch, transformers
+  benchmark.main(TINY + ["--impls", "vitjax,pytorch-eager"])
+  rows = _json_lines(capsys.readouterr().out)
+  assert [r["impl"] for r in rows] == ["vitjax", "pytorch-eager"]
+  for r in rows:
+    assert all(k in r for k in REQUIRED) and r["images_per_s"] > 0
+
+
+def test_hf_counterpart_has_same_parameter_count(transformers):
+  args = benchmark.parse_args(TINY)
+  vj = benchmark.build_vitjax(args, jnp.float32)
+  shapes = jax.eval_shape(vj.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  n_vj = sum(np.prod(s.shape) for s in jax.tree_util.tree_leaves(shapes["params"]))
+  hf = benchmark.hf_model(args, vj, transformers)
+  assert n_vj == sum(p.numel() for p in hf.parameters())
+
+
+def _qkv(n, heads=2, d=16, b=2, seed=0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return [jax.random.normal(k, (b, n, heads, d), jnp.float32) for k in keys]
+
+
+@pytest.mark.parametrize("impl", ["chunked", "xla", "fused", "auto"])
+def test_attention_impls_match_einsum(impl):
+  q, k, v = _qkv(100)
+  bias = jax.random.normal(jax.random.PRNGKey(5), (1, 2, 100, 100))
+  mask = jax.random.bernoulli(jax.random.PRNGKey(6), 0.8, (2, 1, 100, 100)).at[..., 0].set(True)
+  ref = dot_product_attention(q, k, v, bias=bias, mask=mask)
+  got = dot_product_attention(q, k, v, bias=bias, mask=mask, impl=impl, chunk_size=32)
+  np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_chunked_attention_gradient_matches():
+  q, k, v = _qkv(70)
+  def loss(impl):
+    return lambda q, k, v: jnp.sum(jnp.sin(dot_product_attention(q, k, v, impl=impl,
+                                                                 chunk_size=16)))
+  ref = jax.grad(loss("einsum"), argnums=(0, 1, 2))(q, k, v)
+  got = jax.grad(loss("chunked"), argnums=(0, 1, 2))(q, k, v)
+  for r, g in zip(ref, got):
+    np.testing.assert_allclose(g, r, atol=1e-5)
+
+
+def test_chunked_attention_needs_less_memory():
+  q, k, v = _qkv(2048, heads=2, d=16, b=1)
+  def temp_mb(fn):
+    m = jax.jit(fn).lower(q, k, v).compile().memory_analysis()
+    return m.temp_size_in_bytes / 2 ** 20
+  plain = temp_mb(lambda q, k, v: dot_product_attention(q, k, v))
+  chunked = temp_mb(lambda q, k, v: chunked_dot_product_attention(q, k, v, chunk_size=256))
+  # The plain form holds [1, 2, 2048, 2048] fp32 logits (32 MiB) at least once.
+  assert plain >= 32 and chunked < plain / 4, (plain, chunked)
+
+
+def test_vit_attention_impl_same_logits():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  kw = dict(depth=1, num_heads=3, num_classes=10, head_zero_init=False)
+  ref_model = create_model("vit_tiny_patch16_224", **kw)
+  params = ref_model.init(jax.random.PRNGKey(1), x)
+  ref = ref_model.apply(params, x)[0]
+  for impl in ("chunked", "fused", "auto"):
+    got = create_model("vit_tiny_patch16_224", attention_impl=impl, **kw).apply(params, x)[0]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
