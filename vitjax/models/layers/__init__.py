@@ -37,3 +37,9 @@ from vitjax.models.layers.focal_attention import (  # noqa: E402
 
 __all__ += ["FocalAttention", "cross_relative_position_index", "fine_key_indices",
             "pooled_key_indices"]
+
+from vitjax.models.layers.neighborhood_attention import (  # noqa: E402
+    NeighborhoodAttention, check_neighborhood, neighborhood_attention, neighborhood_indices)
+
+__all__ += ["NeighborhoodAttention", "check_neighborhood", "neighborhood_attention",
+            "neighborhood_indices"]
