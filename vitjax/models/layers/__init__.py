@@ -38,8 +38,8 @@ from vitjax.models.layers.focal_attention import (  # noqa: E402
 __all__ += ["FocalAttention", "cross_relative_position_index", "fine_key_indices",
             "pooled_key_indices"]
 
+# (The function `neighborhood_attention` stays under its module's name, which it would shadow.)
 from vitjax.models.layers.neighborhood_attention import (  # noqa: E402
-    NeighborhoodAttention, check_neighborhood, neighborhood_attention, neighborhood_indices)
+    NeighborhoodAttention, check_neighborhood, neighborhood_indices)
 
-__all__ += ["NeighborhoodAttention", "check_neighborhood", "neighborhood_attention",
-            "neighborhood_indices"]
+__all__ += ["NeighborhoodAttention", "check_neighborhood", "neighborhood_indices"]
