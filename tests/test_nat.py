@@ -255,3 +255,70 @@ def test_bad_inputs():
     NAT(**dict(TINY, num_heads=(3, 2))).init(jax.random.PRNGKey(0), x)
   with pytest.raises(UserError, match="input side >= 193"):
     create_model("nat_mini").init(jax.random.PRNGKey(0), jnp.zeros((1, 160, 224, 3)))
+
+
+# ---------------------------------------------------------------------------
+# Parity with HF transformers' DiNAT. It calls natten's old (<= 0.16)
+# natten2dqkrpb / natten2dav, which natten 0.21 no longer has: they are
+# supplied here in torch, following natten 0.15's index branches (above).
+# transformers 5.x hands them q / k / v as [B, W, H, heads, d] (a
+# `.transpose(1, 2)` where 4.x had `.permute(0, 3, 1, 2, 4)` to natten's
+# [B, heads, H, W, d]); the stand-ins undo that, and return natten's layout,
+# which HF's `.permute(0, 2, 3, 1, 4)` after natten2dav expects.
+
+def _old_natten_ops(torch):
+  def idx(length, k, d):
+    keys = [[_natten_window_start(i, length, k, d) + j * d for j in range(k)]
+            for i in range(length)]
+    bias = [[_natten_pb_start(i, length, k, d) + j for j in range(k)] for i in range(length)]
+    return torch.tensor(keys), torch.tensor(bias)
+
+  def neighbours(x, k, d):  # [B, heads, H, W, C] -> [B, heads, H, W, k*k, C]
+    (rh, _), (rw, _) = idx(x.shape[2], k, d), idx(x.shape[3], k, d)
+    g = x[:, :, rh[:, :, None, None], rw[None, None, :, :]]  # B, heads, H, k, W, k, C
+    return g.permute(0, 1, 2, 4, 3, 5, 6).flatten(4, 5)
+
+  def to_natten(x):  # transformers 5.x's [B, W, H, heads, d] -> [B, heads, H, W, d]
+    return x.permute(0, 3, 2, 1, 4)
+
+  def qkrpb(q, key, rpb, k, d):
+    q, key = to_natten(q), to_natten(key)
+    (_, bh), (_, bw) = idx(q.shape[2], k, d), idx(q.shape[3], k, d)
+    bias = rpb[:, bh[:, :, None, None], bw[None, None, :, :]].permute(0, 1, 3, 2, 4)
+    return (q[..., None, :] * neighbours(key, k, d)).sum(-1) + bias.flatten(3, 4)
+
+  def av(attn, v, k, d):
+    return (attn[..., None] * neighbours(to_natten(v), k, d)).sum(-2)
+  return qkrpb, av
+
+
+def test_hf_dinat_parity(torch, transformers, monkeypatch):
+  import natten.functional  # pylint: disable=g-import-not-at-top
+  qkrpb, av = _old_natten_ops(torch)
+  monkeypatch.setattr(natten.functional, "natten2dqkrpb", qkrpb, raising=False)
+  monkeypatch.setattr(natten.functional, "natten2dav", av, raising=False)
+  from transformers.models.dinat import modeling_dinat  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(modeling_dinat, "natten2dqkrpb", qkrpb, raising=False)
+  monkeypatch.setattr(modeling_dinat, "natten2dav", av, raising=False)
+  from vitjax.convert.nat import hf_dinat_to_vitjax  # pylint: disable=g-import-not-at-top
+
+  cfg = transformers.DinatConfig(num_labels=5, embed_dim=16, depths=[2, 2], num_heads=[1, 2],
+                                 kernel_size=3, dilations=[[1, 3], [1, 1]], mlp_ratio=2.0,
+                                 layer_scale_init_value=0.5)
+  ref = modeling_dinat.DinatForImageClassification(cfg)
+  torch.manual_seed(0)
+  with torch.no_grad():  # every parameter re-drawn: LayerNorms ~ 1 + N(0, 0.1), the rest ~ N(0, 0.1)
+    for name, p in ref.named_parameters():
+      p.normal_(1.0 if ("norm" in name and name.endswith("weight")) else 0.0, 0.1)
+  ref.eval()
+  x = torch.randn(2, 3, 40, 36, generator=torch.Generator().manual_seed(1))  # maps 10x9, 5x5
+  with torch.no_grad():
+    want = ref(pixel_values=x).logits.numpy()
+  variables, kw = hf_dinat_to_vitjax(ref.state_dict(), cfg)
+  assert kw["dilations"] == ((1, 3), (1, 1)) and kw["kernel_size"] == 3 and kw["layer_scale"]
+  got, _ = jax.jit(NAT(**kw).apply)(variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
+  diff = float(np.abs(np.asarray(got) - want).max())
+  print(f"HF DiNAT parity: max abs logit diff {diff:.2e}")
+  assert diff <= 1e-4, diff
+  with pytest.raises(UserError, match="Not a HF DiNAT state dict"):
+    hf_dinat_to_vitjax({"foo.weight": np.zeros((2, 2))})

@@ -29,6 +29,9 @@ kernel that fits.
 (the tokenizer's map), 'stage_{i}' (NHWC map after level i's blocks, before
 its downsampler), 'encoded' (the last map after the final LayerNorm),
 'feature_map' (the same) and 'pre_logits' (the pooled features).
+
+Weights: vitjax.convert.nat imports HF `DinatForImageClassification`
+checkpoints (NAT = DiNAT with all dilations 1).
 """
 
 from typing import Any, Optional, Sequence
