@@ -4,8 +4,8 @@ Transformer for Image Classification").
 Two ViT branches see the image at two token scales: a small-patch branch (12
 px patches of the 240 px image, narrower) and a large-patch branch (16 px
 patches of the image resized to 224 px, wider). Each multi-scale encoder
-(Sec. 3.2, Fig. 2) runs ordinary pre-norm blocks in each branch, then fuses
-the branches by cross-attention (Sec. 3.3, Fig. 4): the class token of branch
+(paper Sec. 3) runs ordinary pre-norm blocks in each branch, then fuses
+the branches by cross-attention: the class token of branch
 i is projected to branch i+1's width (f: LayerNorm, GELU, Linear), attends as
 the only query to branch i+1's patch tokens (and itself), and is projected
 back (g) to replace branch i's class token. After the encoders, each branch
@@ -13,7 +13,7 @@ gets a final LayerNorm and its own head on its class token; the logits are the
 mean of the heads.
 
 The dagger (†) variants replace each patch embedding by a small conv stack
-(7x7/4, ReLU, 3x3, ReLU, 3x3; Sec. 4.1 "multi-scale" / timm `multi_conv`).
+(7x7/4, ReLU, 3x3, ReLU, 3x3; timm's `multi_conv`).
 
 As in timm's port (whose weights this file imports, see
 vitjax.convert.crossvit), the input size is fixed (`image_size`; positions are
@@ -80,7 +80,7 @@ class Projection(nn.Module):
 
 class CrossAttentionBlock(nn.Module):
   """cls + CrossAttn(LN([cls, other branch's patches])): returns the new
-  class token [B, 1, D] (no MLP, as in the paper's Eq. 10-11)."""
+  class token [B, 1, D] (no MLP after the cross-attention)."""
   num_heads: int
   qkv_bias: bool = True
   dropout: float = 0.0
@@ -99,7 +99,7 @@ class CrossAttentionBlock(nn.Module):
 
 
 class MultiScaleBlock(nn.Module):
-  """One multi-scale transformer encoder (paper Fig. 2): per-branch blocks,
+  """One multi-scale transformer encoder: per-branch blocks,
   then cross-attention fusion of every branch's class token with the next
   branch's patch tokens. `drop_paths[k]` is the rate of block k of a branch;
   the fusion uses the last one."""
@@ -293,9 +293,12 @@ class CrossViT(nn.Module):
     return out["logits"].astype(jnp.float32), out
 
 
-# The paper's Table 1 (Ti / S / B: K=3 encoders, N=1, M=4, L=1; widths
-# (96, 192) / (192, 384) / (384, 768), MLP ratio 4) and Table 2 (9 / 15 / 18:
-# M=3 / 5 / 6, MLP ratio 3); heads as timm's released models. `multi_conv`: †.
+# The paper's model configurations (Ti / S / B: K=3 encoders, N=1, M=4, L=1;
+# widths (96, 192) / (192, 384) / (384, 768), MLP ratio 4; 9 / 15 / 18: M=3 /
+# 5 / 6, MLP ratio 3), heads as in timm's released models; `multi_conv`: †.
+# Parameter counts (tests/test_crossvit.py) equal timm's and are within 1% of
+# the paper's (Ti 7.0M, S 26.7M, B 104.7M, 9 8.6M, 15 27.4M, 18 43.3M, 9† 8.8M,
+# 15† 28.2M, 18† 44.3M).
 CROSSVIT_SIZES = {
     "tiny": dict(embed_dims=(96, 192), num_heads=(3, 3), branch_depths=(1, 4),
                  mlp_ratios=(4.0, 4.0)),
