@@ -206,9 +206,20 @@ def vit_recipe(model_name: str, arg=None, *, drop_path_rate=0.0, dropout=0.1,
   ViT paper (Table 3: Adam, batch 4096, lr 3e-3, wd 0.3, 300 epochs, 10k
   warmup steps, clip 1); 'cifar10' / 'cifar100' / 'pets' fine-tune at 384x384
   with SGD (momentum 0.9, batch 512, lr 0.01, cosine, no weight decay),
-  starting from --config.init_from.checkpoint.
+  starting from --config.init_from.checkpoint. A second part names an AugReg
+  preset (vitjax/data/augment.py: RandAugment + Mixup of Steiner et al. 2021),
+  e.g. 'imagenet,medium2' (same as --config.augment.preset=medium2).
   """
-  arg = arg or "imagenet"
+  arg, _, preset = (arg or "imagenet").partition(",")
+  c = _vit_recipe(model_name, arg, drop_path_rate, dropout, pretrain_lr)
+  if preset:
+    from vitjax.data import augment  # pylint: disable=g-import-not-at-top
+    augment.resolve({"preset": preset})  # an unknown name fails here, naming the presets
+    c.augment.preset = preset
+  return c
+
+
+def _vit_recipe(model_name, arg, drop_path_rate, dropout, pretrain_lr):
   c = default_config()
   c.model_name = model_name
   c.model = model_config(model_name, drop_path_rate=drop_path_rate, dropout=dropout)
