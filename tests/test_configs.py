@@ -23,6 +23,8 @@ CASES = [("quickstart", None)] + [
     ("mobilevit_digits", None), ("mobilevit_digits", "v2"), ("mobilevit_s", None),
     ("mobilevit_s", "v2"),
     ("focal_digits", None), ("focal_digits", "lrf"), ("focal_tiny", None), ("focal_tiny", "lrf"),
+    ("multilabel_digits", None), ("multilabel_digits", "mixup"),
+    ("vit_b16", "imagenet,medium2"),
     ("mae_digits", None), ("mae_vit_b16", None),
     ("segformer_shapes", None), ("segformer_shapes", "tiny"),
     ("crossvit_digits", None), ("crossvit_tiny", None), ("crossvit_tiny", "15_dagger"),
