@@ -50,8 +50,8 @@ def _draw(rng, height: int, width: int, mixup_alpha: float, cutmix_alpha: float,
   k_apply, k_switch, k_mix, k_cut, k_box = jax.random.split(rng, 5)
   use_cutmix = (cutmix_alpha > 0) & ((mixup_alpha <= 0) |
                                      (jax.random.uniform(k_switch) < switch_prob))
-  lam_mix = (jax.random.beta(k_mix, mixup_alpha) if mixup_alpha > 0 else jnp.float32(1.0))
-  lam_cut = (jax.random.beta(k_cut, cutmix_alpha) if cutmix_alpha > 0 else jnp.float32(1.0))
+  lam_mix = (jax.random.beta(k_mix, mixup_alpha, mixup_alpha) if mixup_alpha > 0 else jnp.float32(1.0))
+  lam_cut = (jax.random.beta(k_cut, cutmix_alpha, cutmix_alpha) if cutmix_alpha > 0 else jnp.float32(1.0))
   box = box_mask(cutmix_box(k_box, height, width, lam_cut), height, width)
   lam_cut = 1.0 - jnp.sum(box) / (height * width)
   applied = jax.random.uniform(k_apply) < mix_prob
