@@ -2,7 +2,9 @@
 
   python -m vitjax.main --config=configs/mae_digits.py --workdir=/tmp/mae_digits
 
-16x16 input, patch 4 -> 16 patches, 4 of them visible (mask ratio 0.75); the
+16x16 input, patch 4 -> 16 patches, 4 of them visible (mask ratio 0.75),
+per-patch normalised pixel targets (the paper's best setting; on the digits
+it gave kNN 0.819 vs 0.761 without, 60 epochs, seed 0); the
 encoder is configs/quickstart.py's ViT (width 64, 4 blocks), so the result
 fine-tunes it with
   python -m vitjax.main --config=configs/quickstart.py --workdir=/tmp/mae_ft \
@@ -19,7 +21,7 @@ from vitjax.config import digits_recipe
 def get_config(arg=None):
   del arg
   c = digits_recipe("mae_vit_quickstart", num_epochs=60, learning_rate=1e-3,
-                    mask_ratio=0.75, norm_pix_loss=False)
+                    mask_ratio=0.75, norm_pix_loss=True)
   c.task = "mae"
   c.label_smoothing = 0.0
   c.optimizer.b2 = 0.95          # the MAE paper's AdamW betas (0.9, 0.95)

@@ -1,13 +1,14 @@
 """MAE pretraining on the embedded UCI digits: frozen-feature probes and fine-tuning.
 
-  python experiments/ssl_digits.py [--epochs 30] [--workdir /tmp/ssl_digits] [--out experiments]
+  python experiments/ssl_digits.py [--epochs 60] [--workdir /tmp/ssl_digits] [--out experiments]
 
 1. MAE pretraining (configs/mae_digits.py, labels unused) for --epochs on the
    1,437 train digits, through `python -m vitjax.main` (the one trainer).
 2. Frozen features of the MAE encoder vs a random init of the same
    architecture (seed 0): DINO kNN (k=20, T=0.07) and an optax linear probe,
    on the class token ('pre_logits') and the mean patch token ('mean');
-   train split = the 1,437 train digits, test = the 360 held-out ones.
+   train split = the 1,437 train digits, test = the 360 held-out ones. The
+   preprocessed pixels themselves (768 values) are probed as a reference.
 3. Fine-tuning: configs/quickstart.py's ViT (the same encoder + a new head)
    with --config.init_from.checkpoint=<the MAE workdir>, against the same
    config from scratch, for the same --epochs (the supervised budget).
@@ -52,7 +53,7 @@ def run_main(config, workdir, *overrides):
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--epochs", type=int, default=30)
+  ap.add_argument("--epochs", type=int, default=60)
   ap.add_argument("--workdir", default="/tmp/ssl_digits")
   ap.add_argument("--out", default=os.path.join(ROOT, "experiments"))
   args = ap.parse_args()
@@ -62,6 +63,16 @@ def main():
 
   mae, res["mae_wall_s"] = run_main("mae_digits", w("mae"), ep)
   res["mae_eval_reconstruction_loss"] = mae.get("eval/loss")
+
+  class Pixels:  # reference: the preprocessed pixels themselves as features
+    @staticmethod
+    def apply(variables, images, train=False):
+      del variables, train
+      return None, {"pre_logits": images.reshape(images.shape[0], -1)}
+  config, _, _ = load_run(w("mae"), random_init=True)
+  r = evaluators.probe(Pixels(), {}, config)
+  res["probe/pixels/pre_logits"] = r
+  print("pixels", r, flush=True)
 
   for tag, random_init in (("mae", False), ("random_init", True)):
     config, model, variables = load_run(w("mae"), random_init=random_init, seed=0)
@@ -89,9 +100,11 @@ def main():
       "",
       "| encoder | features | kNN (k=20, T=0.07) | linear probe |",
       "| --- | --- | --- | --- |"]
-  for tag in ("mae", "random_init"):
+  for tag in ("mae", "random_init", "pixels"):
     for feature in evaluators.FEATURES:
-      r = res[f"probe/{tag}/{feature}"]
+      r = res.get(f"probe/{tag}/{feature}")
+      if r is None:
+        continue
       lines.append(f"| {tag} | {feature} | {r['knn_accuracy']:.3f} | "
                    f"{r['linear_accuracy']:.3f} |")
   lines += ["", f"| quickstart ViT, {args.epochs} epochs | test accuracy | wall s |",
