@@ -28,6 +28,7 @@ CASES = [("quickstart", None)] + [
     ("mae_digits", None), ("mae_vit_b16", None),
     ("segformer_shapes", None), ("segformer_shapes", "tiny"),
     ("crossvit_digits", None), ("crossvit_tiny", None), ("crossvit_tiny", "15_dagger"),
+    ("lvvit_digits", None), ("lvvit_s", None), ("lvvit_s", "m"),
     ("nat_digits", None), ("nat_digits", "dinat"), ("nat_mini", None), ("nat_mini", "dinat"),
     ("deit_digits", None), ("deit_digits", "soft"), ("deit_digits", "none")]
 
