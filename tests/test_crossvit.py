@@ -36,7 +36,7 @@ PUBLISHED = {"crossvit_tiny_240": 7.0, "crossvit_small_240": 26.7, "crossvit_bas
              "crossvit_9_dagger_240": 8.8, "crossvit_15_dagger_240": 28.2,
              "crossvit_18_dagger_240": 44.3}
 TINY = dict(image_size=24, img_scale=(1.0, 0.5), patch_sizes=(3, 3), embed_dims=(16, 32),
-            num_heads=(2, 2), mlp_ratios=(2.0, 2.0), num_blocks=2, branch_depths=(1, 1),
+            num_heads=(2, 2), mlp_ratios=(2.0, 2.0), num_blocks=1, branch_depths=(1, 2),
             num_classes=5)
 
 
@@ -93,7 +93,7 @@ def test_outputs_drop_path_and_training():
   logits, out, train0, train1, losses = run(x)
   assert logits.shape == (8, 5)
   assert out["stem"].shape == (8, 8, 8, 16) and out["stem_b1"].shape == (8, 4, 4, 32)
-  assert out["stage_1"].shape == (8, 8, 8, 16) and out["stage_1_b1"].shape == (8, 4, 4, 32)
+  assert out["stage_0"].shape == (8, 8, 8, 16) and out["stage_0_b1"].shape == (8, 4, 4, 32)
   assert out["encoded"].shape == (8, 65, 16) and out["encoded_b1"].shape == (8, 17, 32)
   assert out["pre_logits"].shape == (8, 48)
   np.testing.assert_allclose((out["logits_0"] + out["logits_1"]) / 2, logits, atol=1e-6)
