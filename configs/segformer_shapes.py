@@ -47,10 +47,10 @@ def get_config(arg=None):
   c.input.flip = True
   c.batch_size = 32
   c.eval_batch_size = 128
-  c.total_steps = 1500
+  c.total_steps = 500
   c.optimizer.update(learning_rate=2e-3, weight_decay=0.01, warmup_steps=100)
   c.log_every_steps = 50
-  c.eval_every_steps = 500
-  c.checkpoint_every_steps = 500
+  c.eval_every_steps = 250
+  c.checkpoint_every_steps = 250
   c.progress_bar = False
   return c

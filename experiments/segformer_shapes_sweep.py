@@ -13,22 +13,28 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vitjax.models.segformer import SEGFORMER_SIZES, SegFormer
-from vitjax.tasks.segmentation import (confusion_matrix, pixel_cross_entropy,
-                                       segmentation_metrics, upsample_logits)
+if importlib.util.find_spec("tensorflow") is None:
+  # vitjax.data / vitjax.tasks import the tf.data pipelines in their package
+  # __init__; register the bare packages so their TF-free modules still import.
+  _root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "vitjax")
+  for _name in ("data", "tasks"):
+    _pkg = types.ModuleType(f"vitjax.{_name}")
+    _pkg.__path__ = [os.path.join(_root, _name)]
+    sys.modules.setdefault(f"vitjax.{_name}", _pkg)
 
-# vitjax.data's package imports TensorFlow (the tf.data pipelines); shapes.py needs only numpy.
-_spec = importlib.util.spec_from_file_location(
-    "shapes", os.path.join(os.path.dirname(__file__), "..", "vitjax", "data", "shapes.py"))
-shapes = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(shapes)
+from vitjax.data import shapes  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vitjax.models.segformer import SEGFORMER_SIZES, SegFormer  # pylint: disable=wrong-import-position
+from vitjax.tasks.segmentation import (confusion_matrix, pixel_cross_entropy,  # pylint: disable=wrong-import-position
+                                       segmentation_metrics, upsample_logits)
 
 
 def main():
