@@ -72,6 +72,7 @@ def score_histograms(bins, labels, weights, num_classes: int):
 
 def _counts_at_or_above(hist):
   """(tp, fp) [C, NUM_BINS]: positives / negatives with bin >= b, for every b."""
+  hist = np.asarray(hist, np.float64)
   above = np.cumsum(hist[..., ::-1], axis=-1)[..., ::-1]
   return above[:, 1], above[:, 0]
 
@@ -79,6 +80,7 @@ def _counts_at_or_above(hist):
 def average_precision(hist):
   """[C] AP (NaN where a class has no positive) from the histograms: sum over
   thresholds (distinct scores, high to low) of (R_n - R_{n-1}) P_n."""
+  hist = np.asarray(hist, np.float64)
   tp, fp = _counts_at_or_above(hist)
   pos = hist[:, 1].sum(-1)
   ap = np.full(len(hist), np.nan)
