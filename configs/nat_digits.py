@@ -6,6 +6,10 @@
 (neighborhood attention, kernel 3) -> conv downsampler -> 4x4 map. Arg
 'dinat' trains the DiNAT of the same shape: in level 0 every second block
 is dilated by 2 (its 3x3 window spans 5 of the 8 rows), level 1 stays local.
+
+Measured (seed 0, 660 steps, on the shared 2-core CI machine while it was
+heavily loaded, so the wall times are upper bounds): NAT 95.3% test
+accuracy (14 min), DiNAT ('dinat') 96.4% (6.4 min).
 """
 
 from vitjax.config import digits_recipe
