@@ -8,8 +8,9 @@ The 'digits_multilabel' set (vitjax/data/digits_multilabel.py: 4,000 train /
 thresholds picked on the train split). Patch 8: every digit cell is one
 token. Arg 'mixup' adds Mixup (alpha 0.2) on the soft multi-hot targets.
 
-Hardware: 2 CPU cores. Expected (measured, see the commit / report): eval mAP
->= 0.95 in about 2 minutes.
+Hardware: 2 CPU cores (shared). Measured: eval mAP 0.995, micro F1 0.973,
+macro F1 0.972 (at the train-split thresholds; 0.972 / 0.971 at p = 0.5)
+after 930 steps, about 3 minutes wall including a 37 s compile.
 """
 
 from vitjax.config import default_config, model_config
