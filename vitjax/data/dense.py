@@ -137,6 +137,13 @@ class _TfdsSegSource(ip._TfdsSource):  # pylint: disable=protected-access
         num_eval_examples=self._split_size(self._eval_split),
         class_names=tuple(str(i) for i in range(num_classes))))
 
+  def _read(self, split, shuffle_seed=None) -> tf.data.Dataset:
+    """(image, mask) pairs of `split`; the base class's ordering / sharding uses it."""
+    read_config = self._tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+    ds = self._builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
+                                  decoders=self._decoders, read_config=read_config)
+    return ds.map(lambda ex: (ex[self._image_key], ex[self._label_key]))
+
 
 def make_source(config):
   name = config.dataset.name
