@@ -6,7 +6,10 @@
 tokens, width 32; large-patch branch: the image bicubically resized to 12 px
 (img_scale 0.5), 3 px patches -> 4x4 tokens (6 px of the original each),
 width 64. Two multi-scale encoders (1 + 2 blocks, one cross-attention
-fusion each); the two heads' logits are averaged. Hardware: 2 CPU cores.
+fusion each); the two heads' logits are averaged. Measured (seed 0, 2 CPU
+cores shared with other jobs, load ~15): 98.1% test accuracy on the 360
+held-out digits after 660 steps (60 epochs); 869 s wall, 168 s CPU, compile
+included.
 """
 
 from vitjax.config import digits_recipe
