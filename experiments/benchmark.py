@@ -63,6 +63,11 @@ def parse_args(argv=None):
   p.add_argument("--peak-size", type=int, default=0, help="matmul side for the peak "
                  "(0: 2048 on CPU, 8192 on a GPU)")
   p.add_argument("--json", default="", help="also append the JSON lines to this file")
+  p.add_argument("--pipeline", default="", metavar="CONFIG",
+                 help="only time the training input pipeline of this config file")
+  p.add_argument("--summarize", default="", metavar="WORKDIR",
+                 help="only report compile time / steady-state steps/s / accuracy "
+                 "of a finished `python -m vitjax.main` run")
   return p.parse_args(argv)
 
 
@@ -119,11 +124,13 @@ def timed_runs(step, runs, warmup, sync):
   """Median seconds of `runs` calls of `step()` after `warmup` calls."""
   for _ in range(warmup):
     sync(step())
-  times = []
+  times, cpu = [], []
   for _ in range(runs):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     sync(step())
     times.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
+  timed_runs.cpu_s = statistics.median(cpu)   # CPU seconds of this process per run
   return statistics.median(times), times
 
 
@@ -194,17 +201,16 @@ def bench_vitjax(args, dtype_name, modes, peak):
       return optax.apply_updates(params, updates), opt_state, loss
     return step
 
-  def count_flops(fn, *a, compiled=None):
-    """FLOPs of `fn(*a)`: cost analysis of the lowered HLO where the backend
-    gives one (CPU), else of the compiled program (`compiled` if given)."""
-    lowered = jax.jit(fn).lower(*a)
-    cost = lowered.cost_analysis()
-    if cost is None:
-      cost = (compiled or lowered.compile()).cost_analysis()
+  def count_flops(fn, *a):
+    """FLOPs of `fn(*a)`: XLA's cost analysis of the program before
+    optimisation, lowered for the CPU whatever runs it (a GPU's compiled
+    program hides its matmuls in cuBLAS / cuDNN custom calls)."""
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    shapes = jax.tree_util.tree_map(
+        lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=cpu), a)
+    cost = jax.jit(fn).lower(*shapes).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan")))
-
-  same = args.attention in ("xla", "einsum") or not args.model.startswith(("vit_", "deit_"))
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
   def kernel(compiled):
     text = compiled.as_text()
@@ -215,7 +221,7 @@ def bench_vitjax(args, dtype_name, modes, peak):
     t0 = time.perf_counter()
     compiled = fwd.lower(params, x).compile()
     compile_s = time.perf_counter() - t0
-    flops = count_flops(forward(flops_model), params, x, compiled=compiled if same else None)
+    flops = count_flops(forward(flops_model), params, x)
     med, times = timed_runs(lambda: compiled(params, x), args.runs, args.warmup,
                             jax.block_until_ready)
     rows.append(result("vitjax", "inference", args, med, times, compile_s, flops,
@@ -229,8 +235,7 @@ def bench_vitjax(args, dtype_name, modes, peak):
     t0 = time.perf_counter()
     compiled = step.lower(params, opt_state, x, y, rng).compile()
     compile_s = time.perf_counter() - t0
-    flops = count_flops(train_step(flops_model), params, opt_state, x, y, rng,
-                        compiled=compiled if same else None)
+    flops = count_flops(train_step(flops_model), params, opt_state, x, y, rng)
     mem = planned_mb(compiled)
     state = {"p": params, "o": opt_state}
     del params, opt_state
@@ -244,7 +249,8 @@ def bench_vitjax(args, dtype_name, modes, peak):
   return rows
 
 
-FLOPS_SOURCE = "XLA cost analysis of the vitjax program (attention as XLA dots)"
+FLOPS_SOURCE = ("XLA cost analysis of the vitjax program before optimisation, lowered for "
+                "the CPU, attention as XLA dots")
 
 
 # ----------------------------------------------------------------- PyTorch side
@@ -360,12 +366,12 @@ def result(impl, mode, args, med, times, compile_s, flops, mem, peak, dtype_name
       step_ms_runs=[round(1e3 * t, 2) for t in times],
       compile_s=compile_s, gflops_per_step=flops / 1e9,
       achieved_tflops=flops / med / 1e12, mfu=flops / med / peak,
-      peak_memory_mb=mem, **extra)
+      peak_memory_mb=mem, cpu_ms=1e3 * getattr(timed_runs, "cpu_s", float("nan")), **extra)
 
 
 def table(rows):
-  head = ["impl", "mode", "images/s", "step ms", "compile s", "GFLOP/step", "TFLOP/s",
-          "MFU", "peak MB"]
+  head = ["impl", "mode", "images/s", "step ms", "CPU ms", "compile s", "GFLOP/step",
+          "TFLOP/s", "MFU", "peak MB"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     if r["mode"] == "failed":
@@ -373,14 +379,63 @@ def table(rows):
       continue
     lines.append("| " + " | ".join([
         r["impl"], r["mode"], f"{r['images_per_s']:.1f}", f"{r['step_ms']:.1f}",
+        f"{r['cpu_ms']:.0f}",
         f"{r['compile_s']:.1f}", f"{r['gflops_per_step']:.1f}",
         f"{r['achieved_tflops']:.3f}", f"{100 * r['mfu']:.1f}%",
         f"{r['peak_memory_mb']:.0f}"]) + " |")
   return "\n".join(lines)
 
 
+def bench_pipeline(config_path, batches=50):
+  """Images/s of the training input pipeline alone (no model) for a config."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from vitjax import data as data_lib  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("bench_config", config_path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  config = mod.get_config()
+  it = data_lib.train_iterator(config)
+  next(it)   # builds the pipeline
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  dt = time.perf_counter() - t0
+  row = dict(impl="vitjax-input-pipeline", mode="pipeline", config=config_path,
+             batch=config.batch_size, images_per_s=batches * config.batch_size / dt,
+             steps_per_s=batches / dt, mfu=None, peak_memory_mb=None,
+             load=os.getloadavg()[0])
+  print(json.dumps(row))
+  print(f"# input pipeline of {config_path}: {row['images_per_s']:.0f} images/s "
+        f"({row['steps_per_s']:.1f} batches/s of {config.batch_size})")
+  return row
+
+
+def summarize_run(workdir):
+  """Compile time, steady-state steps/s, wall time and accuracy of a finished
+  `vitjax.main` run, read from its metrics.jsonl."""
+  recs = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  cfg = json.load(open(os.path.join(workdir, "config.json")))
+  bs = cfg["batch_size"]
+  compile_s = next(r["train/compile_time_s"] for r in recs if "train/compile_time_s" in r)
+  ips = [r["train/images_per_s"] for r in recs if "train/images_per_s" in r]
+  steady = statistics.median(ips[1:] or ips)    # the first window holds the compile
+  acc = [r for r in recs if "eval/accuracy" in r]
+  row = dict(impl="vitjax-trainer", mode="train-run", workdir=workdir,
+             compile_s=compile_s, images_per_s=steady, steps_per_s=steady / bs,
+             final_step=acc[-1]["step"] if acc else None,
+             eval_accuracy=acc[-1]["eval/accuracy"] if acc else None,
+             mfu=None, peak_memory_mb=None)
+  print(json.dumps(row))
+  print(f"# {workdir}: compile {compile_s:.1f} s, steady state {row['steps_per_s']:.1f} "
+        f"steps/s ({steady:.0f} images/s), final accuracy {row['eval_accuracy']}")
+  return row
+
+
 def main(argv=None):
   args = parse_args(argv)
+  if args.pipeline or args.summarize:
+    limit_threads(args.threads)
+    return [bench_pipeline(args.pipeline)] if args.pipeline else [summarize_run(args.summarize)]
   limit_threads(args.threads)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top

@@ -98,3 +98,17 @@ def test_vit_attention_impl_same_logits():
   for impl in ("chunked", "fused", "auto"):
     got = create_model("vit_tiny_patch16_224", attention_impl=impl, **kw).apply(params, x)[0]
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_summarize_run_reads_compile_time_and_steady_state(tmp_path, capsys):
+  recs = [{"step": 1, "train/compile_time_s": 4.0},
+          {"step": 50, "train/images_per_s": 500.0},   # holds the compile: ignored
+          {"step": 100, "train/images_per_s": 2560.0},
+          {"step": 150, "train/images_per_s": 2500.0},
+          {"step": 150, "eval/accuracy": 0.98}]
+  (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+  (tmp_path / "config.json").write_text(json.dumps({"batch_size": 128}))
+  row = benchmark.main(["--summarize", str(tmp_path)])[0]
+  assert row["compile_s"] == 4.0 and row["eval_accuracy"] == 0.98
+  assert row["steps_per_s"] == pytest.approx(2530.0 / 128)
+  assert _json_lines(capsys.readouterr().out)[0]["mode"] == "train-run"
