@@ -14,6 +14,7 @@ computed; all give the same result (fp32 softmax):
             sequences longer than `CHUNK_ABOVE` tokens, else 'fused'.
 """
 
+import warnings
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -115,8 +116,10 @@ def dot_product_attention(q, k, v, bias=None, mask=None, dropout_fn=None,
       try:
         return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
                                             implementation="cudnn").astype(v.dtype)
-      except Exception:  # pylint: disable=broad-except
-        pass   # a shape / dtype / cuDNN version cuDNN refuses: the XLA formulation
+      except Exception as e:  # pylint: disable=broad-except
+        # A shape / dtype / cuDNN version cuDNN refuses: the XLA formulation.
+        warnings.warn(f"attention impl 'fused': cuDNN refused ({type(e).__name__}: "
+                      f"{str(e)[:200]}); using the XLA formulation")
     impl = "xla"
   return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
                                       implementation=impl).astype(v.dtype)
