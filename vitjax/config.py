@@ -145,6 +145,11 @@ def _validate_augment(config):
         "and would ignore the mixed targets; Mixup / CutMix work with the "
         "'classification' and 'multilabel' tasks. Set mixup_alpha=0 and cutmix_alpha=0 "
         "(or a preset without Mixup: 'none' / 'light1').")
+  if aug.host_side and config.task == "segmentation":
+    raise UserError(
+        "config.augment: RandAugment / color_jitter / random_erase act on classification "
+        "images only; the segmentation pipeline (vitjax/data/dense.py) would not apply "
+        "them to the masks. Set randaugment_layers=0, color_jitter=0, random_erase=0.")
   if not 0.0 <= config.label_smoothing < 1.0:
     raise UserError(f"config.label_smoothing={config.label_smoothing}: use a value in "
                     "[0, 1) (0.1 is usual).")
