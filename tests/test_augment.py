@@ -260,3 +260,7 @@ def test_mixing_with_a_task_that_cannot_take_soft_targets():
   c.augment.cutmix_alpha = 1.0
   with pytest.raises(UserError, match="classification"):
     validate_config(c, 1)
+  c.augment.cutmix_alpha = 0.0
+  c.augment.randaugment_layers = 2
+  with pytest.raises(UserError, match="masks"):
+    validate_config(c, 1)
