@@ -13,8 +13,9 @@ fine-tunes it with
       --config.init_from.checkpoint=/tmp/mae_digits
 and `python -m vitjax.tools.probe --workdir=/tmp/mae_digits --method=knn`
 probes the frozen encoder. The eval metric is the reconstruction loss of the
-masked patches of the 360 test digits. Measured (2 shared CPU cores):
-experiments/ssl_digits.py.
+masked patches of the 360 test digits. Measured (2 shared CPU cores,
+experiments/ssl_digits.md): 660 steps in 268 s, eval loss 0.572; frozen
+class-token kNN 0.819 (random init 0.672), linear probe 0.928 (0.903).
 """
 
 from vitjax.config import digits_recipe
