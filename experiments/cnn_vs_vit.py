@@ -9,11 +9,14 @@ Each model is trained by its own digits config through `python -m vitjax.main`
 Reported: test accuracy on the 360 held-out digits (mean +- std over the
 seeds), parameters, forward FLOPs per image (XLA's cost analysis of the
 compiled forward) and inference images/s (batch 256, jitted, median of 5).
-Writes cnn_vs_vit.md into --out.
+Writes cnn_vs_vit.md into --out; every finished run is cached in
+cnn_vs_vit_runs.json there (keyed by config, seed and epochs), so an
+interrupted comparison resumes where it stopped.
 """
 
 import argparse
 import importlib.util
+import json
 import os
 import statistics
 import subprocess
@@ -97,6 +100,8 @@ def main(argv=None):
   args = ap.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(",")]
   rows = []
+  cache_path = os.path.join(args.out, "cnn_vs_vit_runs.json")
+  cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
   for label, spec, family in RUNS:
     if args.only and spec not in args.only.split(","):
       continue
@@ -106,8 +111,15 @@ def main(argv=None):
       continue
     accs, walls = [], []
     for seed in seeds:
-      with tempfile.TemporaryDirectory() as wd:
-        acc, wall = train(spec, seed, args.epochs, wd)
+      key = f"{spec}|{seed}|{args.epochs}"
+      if key in cache:
+        acc, wall = cache[key]
+      else:
+        with tempfile.TemporaryDirectory() as wd:
+          acc, wall = train(spec, seed, args.epochs, wd)
+        cache[key] = (acc, wall)
+        with open(cache_path, "w") as f:
+          json.dump(cache, f, indent=1)
       accs.append(acc)
       walls.append(wall)
       print(f"{label} seed {seed}: {acc:.4f} ({wall:.0f} s)", flush=True)
@@ -128,9 +140,8 @@ def main(argv=None):
                  f"{statistics.mean(r['walls']):.0f} |")
   report = "\n".join(lines) + "\n"
   print(report)
-  if not args.only:
-    with open(os.path.join(args.out, "cnn_vs_vit.md"), "w") as f:
-      f.write(report)
+  with open(os.path.join(args.out, "cnn_vs_vit.md"), "w") as f:
+    f.write(report)
 
 
 if __name__ == "__main__":
