@@ -66,8 +66,8 @@ def peak_mb(compiled):
 def measure_model(name, resolution, batch):
   model = create_model(name, num_classes=1000)
   x = jnp.zeros((batch, resolution, resolution, 3), jnp.float32)
-  # Real (random) weights without a big init compile per resolution: init once at 224.
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
+  # Random weights for this resolution (a learned position embedding has its size).
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
   fwd = jax.jit(lambda v, x: model.apply(v, x)[0])
   t0 = time.perf_counter()
   compiled = fwd.lower(params, x).compile()
