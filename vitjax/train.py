@@ -252,15 +252,16 @@ def train_and_evaluate(config, workdir: str):
     return params, variables
 
   init_rng = jax.random.fold_in(base_rng, 1 << 20)
-  if config.optimizer.freeze or config.optimizer.unfreeze or config.optimizer.layer_decay != 1:
-    shapes = jax.eval_shape(init_state, init_rng)[0]  # traced, not compiled
-    optim.check_freeze_patterns(shapes, config.optimizer)
-    if config.optimizer.layer_decay != 1:
-      optim.layer_decay_scales(shapes, config.optimizer.layer_decay)
-  if hasattr(task, "check_features"):
-    task.check_features(jax.eval_shape(init_state, init_rng)[0])
-  params, model_state = jax.jit(init_state, out_shardings=repl)(
-      jax.random.fold_in(base_rng, 1 << 20))
+  opt = config.optimizer
+  if opt.freeze or opt.unfreeze or opt.layer_decay != 1 or hasattr(task, "check_features"):
+    # Start-up checks on the param shapes: traced once, not compiled.
+    shapes = jax.eval_shape(init_state, init_rng)[0]
+    optim.check_freeze_patterns(shapes, opt)
+    if opt.layer_decay != 1:
+      optim.layer_decay_scales(shapes, opt.layer_decay)
+    if hasattr(task, "check_features"):
+      task.check_features(shapes)
+  params, model_state = jax.jit(init_state, out_shardings=repl)(init_rng)
   if config.init_from.checkpoint:
     params, model_state = _init_from(config, params, model_state, model)
     params, model_state = jax.device_put((params, model_state), repl)
