@@ -44,6 +44,7 @@ class TrainState:
   model_state: Any
   nonfinite_step: jax.Array  # first step whose loss or gradient was NaN/Inf, else -1
   ema_params: Any = None     # EMA of params (config.ema_decay > 0), else None
+  task_state: Any = None     # a task's own state (e.g. DINO's teacher and center), else None
 
 
 def build_model(config, num_classes: int):
@@ -82,10 +83,18 @@ def make_train_step(task, tx, schedule, base_rng, *, accum_steps: int = 1,
   parameters; ema_decay > 0 keeps state.ema_params. `consts` (a task's
   `constants()`, e.g. a frozen teacher's weights) reach `task.train_loss` as
   an argument of the step, not as constants baked into the program.
+  A task with state (`init_task_state`) gets `task_state=` and `step=` in
+  `train_loss`, which returns (loss, (metrics, model_state, task_out)); after
+  the update, `task.update_task_state(task_state, new_params, task_out, step)`
+  gives the next state (task_out averaged over micro-batches).
   """
-  def loss_and_grads(params, model_state, batch, rng, consts):
+  def loss_and_grads(params, model_state, batch, rng, consts, task_state=None, step=None):
     loss_fn = (task.train_loss if consts is None else
                functools.partial(task.train_loss, consts=consts))
+    if task_state is not None:
+      def loss_fn(p, ms, b, r, inner=loss_fn):  # task_out rides with the metrics
+        loss, (metrics, ms, task_out) = inner(p, ms, b, r, task_state=task_state, step=step)
+        return loss, ((metrics, task_out), ms)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum_steps == 1:
       return grad_fn(params, model_state, batch, rng)
@@ -112,7 +121,9 @@ def make_train_step(task, tx, schedule, base_rng, *, accum_steps: int = 1,
   def train_step(state, batch, consts=None):
     rng = jax.random.fold_in(base_rng, state.step)
     (loss, (metrics, new_model_state)), grads = loss_and_grads(
-        state.params, state.model_state, batch, rng, consts)
+        state.params, state.model_state, batch, rng, consts, state.task_state, state.step)
+    if state.task_state is not None:
+      metrics, task_out = metrics
     trainable = (optim.trainable_mask(state.params, opt_cfg, state.step)
                  if opt_cfg is not None else None)
     zero_frozen = lambda t: t if trainable is None else jax.tree.map(
@@ -129,12 +140,16 @@ def make_train_step(task, tx, schedule, base_rng, *, accum_steps: int = 1,
     if ema_decay:
       new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
                              state.ema_params, new_params)
+    new_task_state = state.task_state
+    if state.task_state is not None:
+      new_task_state = task.update_task_state(state.task_state, new_params, task_out, state.step)
     new_state = state.replace(
         step=state.step + 1,
         params=keep(new_params, state.params),
         opt_state=keep(new_opt_state, state.opt_state),
         model_state=keep(new_model_state, state.model_state),
         ema_params=keep(new_ema, state.ema_params),
+        task_state=keep(new_task_state, state.task_state),
         nonfinite_step=nonfinite_step)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
                    learning_rate=schedule(state.step))
@@ -269,7 +284,9 @@ def train_and_evaluate(config, workdir: str):
   state = jax.jit(lambda p, ms: TrainState(
       step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), model_state=ms,
       nonfinite_step=jnp.full((), -1, jnp.int32),
-      ema_params=p if config.ema_decay else None), out_shardings=repl)(params, model_state)
+      ema_params=p if config.ema_decay else None,
+      task_state=task.init_task_state(p) if hasattr(task, "init_task_state") else None),
+      out_shardings=repl)(params, model_state)
 
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   if checkpointer.latest_step() is not None:
