@@ -16,7 +16,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vitjax.models.layers import (Attention, DropPath, Mlp, PatchEmbed,
+from vitjax.models.layers import (Attention, DropPath, Mlp, PatchEmbed, resample_posemb,
                                   sincos_posemb_2d)
 from vitjax.models.registry import register_model
 
@@ -55,6 +55,8 @@ class VisionTransformer(nn.Module):
   fc_norm: with 'gap', apply the final LayerNorm after pooling (timm layout)
     instead of before it (big_vision layout).
   distilled: DeiT's extra distillation token and second head.
+  posemb_interpolate: a learned posemb is resampled (bicubic) at call time to
+    an input of another patch grid instead of refused (DINO's multi-crop).
   num_classes: 0 gives no head (logits are the pre-logits).
   attention_impl: how attention is computed ('einsum', 'fused', 'xla',
     'cudnn', 'chunked', 'auto'; see layers/attention.py); same parameters
@@ -68,6 +70,7 @@ class VisionTransformer(nn.Module):
   mlp_dim: int = 3072
   pool: str = "cls"
   posemb: str = "learn"
+  posemb_interpolate: bool = False
   fc_norm: bool = False
   distilled: bool = False
   representation_size: Optional[int] = None
@@ -119,6 +122,8 @@ class VisionTransformer(nn.Module):
       else:
         pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
                         (1, n_prefix + h * w, d))
+      if pe.shape[1] != n_prefix + h * w and self.posemb_interpolate:
+        pe = resample_posemb(pe, (h, w), n_prefix, method="bicubic")
       if pe.shape[1] != n_prefix + h * w:
         raise ValueError(
             f"pos_embedding has {pe.shape[1]} tokens but the input gives "
