@@ -61,6 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
       warmup_steps=0,
       end_learning_rate=0.0,
       grad_clip_norm=1.0,     # 0 disables
+      weight_decay_end=placeholder(float),  # None: constant; else cosine to it (DINO)
       # Fine-tuning controls (vitjax/optim.py):
       layer_decay=1.0,        # layer-wise lr decay: block l of L gets lr * decay^(L + 1 - l)
       freeze=(),              # regexes on 'a/b/c' param paths: matches never change

@@ -43,18 +43,28 @@ def create_schedule(opt_cfg, total_steps: int):
       [optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
+def weight_decay_schedule(opt_cfg, total_steps: int):
+  """The weight decay: constant, or a cosine from it to `weight_decay_end` (DINO)."""
+  start, end = opt_cfg.weight_decay, opt_cfg.get("weight_decay_end")
+  if end is None:
+    return start
+  return lambda step: end + 0.5 * (start - end) * (
+      1.0 + jnp.cos(jnp.pi * jnp.minimum(step / max(total_steps, 1), 1.0)))
+
+
 def create_optimizer(opt_cfg, total_steps: int):
   """(optax transformation, schedule) for `config.optimizer`."""
   schedule = create_schedule(opt_cfg, total_steps)
+  wd = weight_decay_schedule(opt_cfg, total_steps)
   parts = []
   if opt_cfg.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(opt_cfg.grad_clip_norm))
   if opt_cfg.name == "adamw":
     parts.append(optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
-                             weight_decay=opt_cfg.weight_decay, mask=weight_decay_mask))
+                             weight_decay=wd, mask=weight_decay_mask))
   else:
     if opt_cfg.weight_decay:
-      parts.append(optax.add_decayed_weights(opt_cfg.weight_decay, mask=weight_decay_mask))
+      parts.append(optax.add_decayed_weights(wd, mask=weight_decay_mask))
     parts.append(optax.sgd(schedule, momentum=opt_cfg.momentum or None,
                            nesterov=opt_cfg.nesterov))
   if getattr(opt_cfg, "layer_decay", 1.0) != 1.0:
