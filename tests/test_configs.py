@@ -26,6 +26,8 @@ CASES = [("quickstart", None), ("tome_digits", None)] + [
     ("multilabel_digits", None), ("multilabel_digits", "mixup"),
     ("vit_b16", "imagenet,medium2"),
     ("mae_digits", None), ("mae_vit_b16", None),
+    ("dino_digits", None), ("dino_vit_s16", None), ("dino_vit_s16", "300ep"),
+    ("dino_vit_b16", None), ("moco_v3_digits", None), ("moco_v3_vit_b16", None),
     ("segformer_shapes", None), ("segformer_shapes", "tiny"),
     ("crossvit_digits", None), ("crossvit_tiny", None), ("crossvit_tiny", "15_dagger"),
     ("lvvit_digits", None), ("lvvit_s", None), ("lvvit_s", "m"),

@@ -10,6 +10,8 @@ A task is a class built as `Task(config, dataset_info, model)` with:
 from vitjax.errors import UserError
 from vitjax.tasks.classification import ClassificationTask
 from vitjax.tasks.mae import MaeTask
+from vitjax.tasks.dino import DinoTask
+from vitjax.tasks.moco import MocoV3Task
 from vitjax.tasks.distillation import DistillationTask
 from vitjax.tasks.multilabel import MultiLabelTask
 from vitjax.tasks.segmentation import SegmentationTask
@@ -20,6 +22,8 @@ TASKS = {"classification": ClassificationTask, "distillation": DistillationTask,
 TASKS["token_labeling"] = TokenLabelingTask
 TASKS["multilabel"] = MultiLabelTask
 TASKS["mae"] = MaeTask
+TASKS["dino"] = DinoTask
+TASKS["moco_v3"] = MocoV3Task
 
 
 def get_task(name: str):
