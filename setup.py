@@ -28,6 +28,7 @@ setup(
         "safetensors",      # weight import without unpickling
         "pycocotools",      # COCO format I/O and evaluation (detection / segmentation)
         "pillow",
+        "scipy",            # Hungarian matching (detection set losses)
     ],
     extras_require={
         # Test oracles only (never imported by the package at run time).
