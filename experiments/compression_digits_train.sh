@@ -1,15 +1,16 @@
 #!/bin/bash
-# Trains the quickstart (configs/quickstart.py) in fp32 and bf16 for seeds 0-2
-# into $ROOT/{fp32,bf16}_s{seed}; experiments/compression_digits.py reads them.
-#   nice -n 5 bash experiments/compression_digits_train.sh /tmp/comp
-ROOT=${1:-/tmp/comp}
-for seed in 0 1 2; do
+# Trains the quickstart (configs/quickstart.py) in fp32 and bf16 for the given
+# seeds into $ROOT/{fp32,bf16}_s{seed} (a run whose workdir exists is skipped;
+# start one process per seed to run them side by side);
+# experiments/compression_digits.py reads them.
+#   nice -n 5 bash experiments/compression_digits_train.sh /tmp/comp 0 1 2
+ROOT=${1:-/tmp/comp}; shift
+for seed in "${@:-0 1 2}"; do
   for mp in fp32 bf16; do
     wd=$ROOT/${mp}_s$seed
-    [ -f $wd/done.json ] && continue
+    [ -d $wd ] && continue
     arg=""; [ $mp = bf16 ] && arg="--config.mixed_precision=bf16"
     /usr/bin/time -v python -m vitjax.main --config=configs/quickstart.py --workdir=$wd \
-      --config.seed=$seed --config.progress_bar=False $arg > $wd.log 2>&1 \
-      && tail -n 40 $wd.log > $wd.time && echo '{}' > $wd/done.json
+      --config.seed=$seed --config.progress_bar=False $arg > $wd.log 2>&1
   done
 done

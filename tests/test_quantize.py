@@ -55,3 +55,22 @@ def test_quantized_accuracy_of_a_trained_run(tmp_path):
   assert r8["param_bytes_quantized"] < 0.4 * r8["param_bytes_fp32"]
   r2 = quantized_accuracy(wd, 2)  # 3 levels per channel: clearly worse
   assert r2["int_accuracy"] < r8["int_accuracy"] - 0.05
+
+
+def test_per_tensor_scale_and_fake_quantize_straight_through():
+  from vitjax.compress.quantize import fake_quantize  # pylint: disable=g-import-not-at-top
+  r = np.random.RandomState(2)
+  w = r.randn(5, 4).astype(np.float32) * np.array([0.01, 1.0, 3.0, 0.5], np.float32)
+  params = {"dense": {"kernel": w, "bias": np.ones(4, np.float32)}}
+  qt = quantize_params(params, bits=8, per_channel=False)["dense"]["kernel"]
+  np.testing.assert_allclose(qt["scale"], np.full(4, np.abs(w).max() / 127), rtol=1e-6)
+  for per_channel in (True, False):
+    fq = fake_quantize(params, bits=4, per_channel=per_channel)
+    deq = dequantize_params(quantize_params(params, bits=4, per_channel=per_channel))
+    np.testing.assert_allclose(fq["dense"]["kernel"], deq["dense"]["kernel"], atol=1e-6)
+    assert fq["dense"]["bias"] is params["dense"]["bias"]
+  # Straight-through: the gradient of sum(c * fq(w)) w.r.t. w is c.
+  c = r.randn(5, 4).astype(np.float32)
+  g = jax.grad(lambda p: jnp.sum(c * fake_quantize(p, bits=4)["dense"]["kernel"]))(
+      {"dense": {"kernel": jnp.asarray(w)}})
+  np.testing.assert_allclose(g["dense"]["kernel"], c, rtol=1e-6)

@@ -18,11 +18,19 @@ import jax.numpy as jnp
 
 from vitjax.models.layers import (Attention, DropPath, Mlp, PatchEmbed, resample_posemb,
                                   sincos_posemb_2d)
+from vitjax.compress.tome import merge_tokens
+from vitjax.errors import UserError
 from vitjax.models.registry import register_model
 
 
 class EncoderBlock(nn.Module):
-  """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+  """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+  head_dim: per-head width when the heads do not split the width evenly
+    (a head-pruned layer, compress/prune.py). tome_r > 0: merge that many
+    tokens between attention and MLP (compress/tome.py); the call then takes
+    and returns the token sizes: (x, size) -> (x, size).
+  """
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
@@ -32,13 +40,26 @@ class EncoderBlock(nn.Module):
   layer_norm_eps: float = 1e-6
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"
+  head_dim: Optional[int] = None
+  tome_r: int = 0
+  num_prefix: int = 1
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True):
+  def __call__(self, x, deterministic: bool = True, size=None):
     y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm1")(x)
-    y = Attention(self.num_heads, qkv_bias=self.qkv_bias, dtype=self.dtype,
-                  attention_dropout=self.attention_dropout, dropout=self.dropout,
-                  impl=self.attention_impl, name="attn")(y, deterministic)
+    attn = Attention(self.num_heads, qkv_bias=self.qkv_bias, dtype=self.dtype,
+                     attention_dropout=self.attention_dropout, dropout=self.dropout,
+                     impl=self.attention_impl, head_dim=self.head_dim, name="attn")
+    if self.tome_r:
+      # Proportional attention: a token standing for s patches gets log s.
+      bias = jnp.log(size.astype(jnp.float32))[:, None, None, :]
+      y, keys = attn(y, deterministic, bias=bias, return_keys=True)
+      x = x + DropPath(self.drop_path)(y, deterministic)
+      x, size = merge_tokens(x, size, keys.mean(axis=2), self.tome_r, self.num_prefix)
+      y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm2")(x)
+      y = Mlp(self.mlp_dim, dropout=self.dropout, dtype=self.dtype, name="mlp")(y, deterministic)
+      return x + DropPath(self.drop_path)(y, deterministic), size
+    y = attn(y, deterministic)
     x = x + DropPath(self.drop_path)(y, deterministic)
     y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm2")(x)
     y = Mlp(self.mlp_dim, dropout=self.dropout, dtype=self.dtype, name="mlp")(y, deterministic)
@@ -61,6 +82,12 @@ class VisionTransformer(nn.Module):
   attention_impl: how attention is computed ('einsum', 'fused', 'xla',
     'cudnn', 'chunked', 'auto'; see layers/attention.py); same parameters
     and results, different speed and memory.
+  head_counts: '' (every block has num_heads heads) or comma-separated heads
+    per block, e.g. '3,2,4,3', each of width hidden_size // num_heads (a
+    head-pruned model, vitjax/compress/prune.py).
+  tome_r: token merging at inference (ToMe, vitjax/compress/tome.py): r
+    tokens merged in every block; 0 is the plain model. 'feature_map' is
+    then left out (the tokens no longer form a grid).
   """
   num_classes: int = 1000
   patch_size: int = 16
@@ -83,6 +110,23 @@ class VisionTransformer(nn.Module):
   remat: bool = False
   dtype: Any = jnp.float32
   attention_impl: str = "einsum"
+  head_counts: str = ""
+  tome_r: int = 0
+
+  def block_heads(self):
+    """Heads of each block (head_counts parsed and checked)."""
+    if not self.head_counts:
+      return [self.num_heads] * self.depth
+    try:
+      heads = [int(h) for h in str(self.head_counts).split(",")]
+    except ValueError:
+      heads = []
+    if len(heads) != self.depth or min(heads) < 1:
+      raise UserError(f"model.head_counts={self.head_counts!r}: give {self.depth} "
+                      "comma-separated head counts >= 1 (one per block), e.g. "
+                      f"{','.join([str(self.num_heads)] * self.depth)!r}, or '' for "
+                      f"num_heads={self.num_heads} everywhere.")
+    return heads
 
   def setup_checks(self):
     if self.pool not in ("cls", "gap"):
@@ -91,6 +135,9 @@ class VisionTransformer(nn.Module):
       raise ValueError(f"posemb must be 'learn' or 'sincos2d', got {self.posemb!r}")
     if self.distilled and self.pool != "cls":
       raise ValueError("a distilled (DeiT) model needs pool='cls'")
+    if self.tome_r < 0:
+      raise UserError(f"model.tome_r={self.tome_r}: tokens merged per block must be >= 0 "
+                      "(0 disables token merging).")
 
   @property
   def num_prefix_tokens(self) -> int:
@@ -136,25 +183,39 @@ class VisionTransformer(nn.Module):
     x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
 
     block_cls = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
+    heads = self.block_heads()
+    pruned = bool(self.head_counts)
+    size = jnp.ones(x.shape[:2], jnp.float32) if self.tome_r else None
     for i in range(self.depth):
       dpr = self.drop_path_rate * i / max(self.depth - 1, 1)
-      x = block_cls(self.num_heads, self.mlp_dim, dropout=self.dropout,
-                    attention_dropout=self.attention_dropout, drop_path=dpr,
-                    qkv_bias=self.qkv_bias, layer_norm_eps=self.layer_norm_eps,
-                    dtype=self.dtype, attention_impl=self.attention_impl,
-                    name=f"block_{i}")(x, deterministic)
+      block = block_cls(heads[i], self.mlp_dim, dropout=self.dropout,
+                        attention_dropout=self.attention_dropout, drop_path=dpr,
+                        qkv_bias=self.qkv_bias, layer_norm_eps=self.layer_norm_eps,
+                        dtype=self.dtype, attention_impl=self.attention_impl,
+                        head_dim=d // self.num_heads if pruned else None,
+                        tome_r=self.tome_r, num_prefix=n_prefix, name=f"block_{i}")
+      if self.tome_r:
+        x, size = block(x, deterministic, size)
+      else:
+        x = block(x, deterministic)
       out[f"block_{i}"] = x
 
     norm = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
                         name="fc_norm" if (self.pool == "gap" and self.fc_norm) else "norm")
+    def patch_mean(t):  # merged tokens weigh as many patches as they stand for
+      if size is None:
+        return jnp.mean(t, axis=1)
+      s = size[:, -t.shape[1]:, None].astype(t.dtype)
+      return jnp.sum(t * s, axis=1) / jnp.sum(s, axis=1)
     if self.pool == "gap" and self.fc_norm:
       out["encoded"] = x
-      pooled = norm(jnp.mean(x, axis=1))
+      pooled = norm(patch_mean(x))
     else:
       x = norm(x)
       out["encoded"] = x
-      pooled = x[:, 0] if self.pool == "cls" else jnp.mean(x[:, n_prefix:], axis=1)
-    out["feature_map"] = x[:, n_prefix:].reshape(b, h, w, d)
+      pooled = x[:, 0] if self.pool == "cls" else patch_mean(x[:, n_prefix:])
+    if not self.tome_r:
+      out["feature_map"] = x[:, n_prefix:].reshape(b, h, w, d)
 
     if self.representation_size:
       pooled = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype,

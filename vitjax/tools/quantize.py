@@ -29,17 +29,18 @@ def eval_accuracy(model, variables, config) -> float:
   return correct / max(count, 1)
 
 
-def quantized_accuracy(workdir: str, bits: int = 8) -> dict:
+def quantized_accuracy(workdir: str, bits: int = 8, per_channel: bool = True) -> dict:
   from vitjax.compress import (dequantize_params, quantize_params,  # pylint: disable=g-import-not-at-top
                                quantized_size_bytes)
   from vitjax.tools.probe import load_run  # pylint: disable=g-import-not-at-top
   config, model, variables = load_run(workdir)
   fp32 = eval_accuracy(model, variables, config)
-  q = quantize_params(variables["params"], bits=bits)
+  q = quantize_params(variables["params"], bits=bits, per_channel=per_channel)
   stored, full = quantized_size_bytes(q)
   qvars = dict(variables, params=dequantize_params(q))
   quant = eval_accuracy(model, qvars, config)
-  return {"model": config.model_name, "bits": bits, "fp32_accuracy": fp32,
+  return {"model": config.model_name, "bits": bits, "per_channel": per_channel,
+          "fp32_accuracy": fp32,
           "int_accuracy": quant, "change_points": 100 * (quant - fp32),
           "param_bytes_fp32": full, "param_bytes_quantized": stored}
 
@@ -49,9 +50,11 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--workdir", required=True, help="A vitjax workdir (config.json + checkpoints).")
   ap.add_argument("--bits", type=int, default=8, help="Weight bits (2..8).")
+  ap.add_argument("--per_tensor", action="store_true",
+                  help="One scale per weight tensor instead of per output channel.")
   args = ap.parse_args(argv)
   try:
-    result = quantized_accuracy(args.workdir, args.bits)
+    result = quantized_accuracy(args.workdir, args.bits, not args.per_tensor)
   except UserError as e:
     sys.stderr.write(f"vitjax error: {e}\n")
     sys.exit(2)

@@ -141,6 +141,9 @@ class Attention(nn.Module):
   the 'einsum' formulation whatever `impl` says).
   impl: how the attention is computed (`dot_product_attention`); the
     parameters and the result do not depend on it.
+  head_dim: None (default) splits the width D into `num_heads` heads; an int
+    gives `num_heads` heads of that size whatever D is (qkv: D -> 3 * H * head_dim,
+    proj: H * head_dim -> D), e.g. a layer with some heads pruned away.
   """
   num_heads: int
   qkv_bias: bool = True
@@ -149,16 +152,21 @@ class Attention(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: Callable = nn.initializers.xavier_uniform()
   impl: str = "einsum"
+  head_dim: Optional[int] = None
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True, bias: Optional[jax.Array] = None,
-               mask: Optional[jax.Array] = None):
+               mask: Optional[jax.Array] = None, return_keys: bool = False):
+    """[B, N, D] -> [B, N, D]; with `return_keys`, (output, keys [B, N, H, d])
+    (the keys are the similarity metric of token merging, compress/tome.py)."""
     b, n, d = x.shape
-    if d % self.num_heads:
+    if self.head_dim is None and d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads={self.num_heads}")
-    qkv = nn.Dense(3 * d, use_bias=self.qkv_bias, dtype=self.dtype,
+    head_dim = self.head_dim or d // self.num_heads
+    inner = self.num_heads * head_dim
+    qkv = nn.Dense(3 * inner, use_bias=self.qkv_bias, dtype=self.dtype,
                    kernel_init=self.kernel_init, name="qkv")(x)
-    q, k, v = jnp.split(qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads), 3, axis=2)
+    q, k, v = jnp.split(qkv.reshape(b, n, 3, self.num_heads, head_dim), 3, axis=2)
     drop = nn.Dropout(self.attention_dropout)
     dropping = self.attention_dropout > 0 and not deterministic
     sowing = self.is_mutable_collection("intermediates")
@@ -168,5 +176,6 @@ class Attention(nn.Module):
         sow_fn=(lambda w: self.sow("intermediates", "attention", w)) if sowing else None,
         impl=self.impl)
     out = nn.Dense(d, dtype=self.dtype, kernel_init=self.kernel_init, name="proj")(
-        out.reshape(b, n, d))
-    return nn.Dropout(self.dropout)(out, deterministic=deterministic)
+        out.reshape(b, n, inner))
+    out = nn.Dropout(self.dropout)(out, deterministic=deterministic)
+    return (out, k[:, :, 0]) if return_keys else out
