@@ -26,7 +26,9 @@ no token attends to padding).
 `__call__(images, train=False)` returns `(logits, out)`; `out` holds 'stem'
 (the embedded patch grid), 'stage_{i}' (NHWC feature map after stage i,
 before the final norm), 'feature_map' (the last map after the final norm)
-and 'pre_logits' (the pooled features).
+and 'pre_logits' (the pooled features). `mask` ([B, h, w] bool over the
+patch grid, for SimMIM): masked patch embeddings (after their LayerNorm) are
+replaced by a learned `mask_token`, created only when a mask is given.
 
 Weights: vitjax.convert.swin imports HF `SwinForImageClassification` /
 `Swinv2ForImageClassification` checkpoints; a v1 checkpoint of another window
@@ -42,7 +44,7 @@ import numpy as np
 
 from vitjax.errors import UserError
 from vitjax.models.layers import (DropPath, Mlp, PatchEmbed, WindowAttention,
-                                  WindowAttentionV2, shifted_window_mask,
+                                  WindowAttentionV2, apply_mask_token, shifted_window_mask,
                                   window_partition, window_reverse)
 from vitjax.models.registry import register_model
 
@@ -228,7 +230,7 @@ class SwinTransformer(nn.Module):
     check_input_size(h, w, self.patch_size, len(self.depths), self.window_size)
 
   @nn.compact
-  def __call__(self, images, *, train: bool = False):
+  def __call__(self, images, *, train: bool = False, mask=None):
     _, h, w, _ = images.shape
     self._checks(h, w)
     deterministic = not train
@@ -237,6 +239,8 @@ class SwinTransformer(nn.Module):
                    name="patch_embed")(images.astype(self.dtype))
     x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
                      name="patch_embed_norm")(x)
+    if mask is not None:
+      x = apply_mask_token(self, x, mask)
     x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
     out["stem"] = x
 

@@ -9,6 +9,10 @@ embedding -> `depth` pre-norm encoder blocks -> final LayerNorm -> pooling
 intermediates: 'stem' (patch grid), 'block_{i}', 'encoded', 'feature_map'
 ([B, h, w, D] patch tokens), 'pre_logits', and for DeiT 'logits_cls' and
 'logits_dist' (the two heads; `logits` is their mean, as at DeiT inference).
+
+`mask` ([B, h, w] bool over the patch grid, for masked-image modelling such
+as SimMIM): masked patch embeddings are replaced by a learned `mask_token`
+(created only when a mask is given) before the position embedding is added.
 """
 
 from typing import Any, Optional
@@ -16,7 +20,8 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vitjax.models.layers import (Attention, DropPath, Mlp, PatchEmbed, resample_posemb,
+from vitjax.models.layers import (Attention, DropPath, Mlp, PatchEmbed, apply_mask_token,
+                                  resample_posemb,
                                   sincos_posemb_2d)
 from vitjax.compress.tome import merge_tokens
 from vitjax.errors import UserError
@@ -144,7 +149,7 @@ class VisionTransformer(nn.Module):
     return (self.pool == "cls") + bool(self.distilled)
 
   @nn.compact
-  def __call__(self, images, *, train: bool = False):
+  def __call__(self, images, *, train: bool = False, mask=None):
     self.setup_checks()
     out = {}
     deterministic = not train
@@ -153,6 +158,8 @@ class VisionTransformer(nn.Module):
     out["stem"] = x
     b, h, w, d = x.shape
     x = x.reshape(b, h * w, d)
+    if mask is not None:
+      x = apply_mask_token(self, x, mask.reshape(b, h * w))
 
     prefix = []
     if self.pool == "cls":

@@ -3,7 +3,7 @@
 from vitjax.models.layers.attention import Attention, dot_product_attention
 from vitjax.models.layers.drop_path import DropPath
 from vitjax.models.layers.mlp import Mlp
-from vitjax.models.layers.patch_embed import PatchEmbed
+from vitjax.models.layers.patch_embed import PatchEmbed, apply_mask_token
 from vitjax.models.layers.pos_embed import (
     resample_posemb, sincos_posemb_2d)
 from vitjax.models.layers.window_attention import (
@@ -13,7 +13,7 @@ from vitjax.models.layers.window_attention import (
     window_partition, window_reverse)
 
 __all__ = [
-    "Attention", "DropPath", "Mlp", "PatchEmbed", "dot_product_attention",
+    "Attention", "DropPath", "Mlp", "PatchEmbed", "apply_mask_token", "dot_product_attention",
     "resample_posemb", "sincos_posemb_2d",
     "ContinuousPositionBias", "WindowAttention", "WindowAttentionV2",
     "log_spaced_coords", "relative_position_index",

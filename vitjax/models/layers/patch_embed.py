@@ -25,3 +25,17 @@ class PatchEmbed(nn.Module):
           f"{(h // p + 1) * p}), set via --config.input.image_size.")
     return nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID",
                    dtype=self.dtype, name="proj")(x)
+
+
+def apply_mask_token(module: nn.Module, x, mask):
+  """Masked-image modelling input (SimMIM): tokens where `mask` is True become
+  the learned parameter `module.mask_token` ([1, 1, D], normal(0.02) init).
+
+  x: [B, N, D] or [B, h, w, D]; mask: bool of x's shape without D.
+  """
+  d = x.shape[-1]
+  if mask.shape != x.shape[:-1]:
+    raise ValueError(f"mask must be {x.shape[:-1]} (one bool per patch), got {mask.shape}")
+  token = module.param("mask_token", nn.initializers.normal(stddev=0.02), (1, 1, d))
+  token = token.reshape((1,) * (x.ndim - 1) + (d,)).astype(x.dtype)
+  return jnp.where(mask[..., None], token, x)
