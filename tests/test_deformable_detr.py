@@ -49,3 +49,75 @@ def test_ms_deform_attn_corner_reads_pixel():
   loc = jnp.asarray([[1.5 / 4, 0.5 / 3], [2.0, 2.0]]).reshape(1, 2, 1, 1, 1, 2)
   out = ms_deform_attn_core(value, ((3, 4),), loc, jnp.ones((1, 2, 1, 1, 1)))
   np.testing.assert_allclose(np.asarray(out)[0, :, 0], [1.0, 0.0], atol=1e-6)
+
+
+def _redraw(torch, model, seed):
+  """Every parameter and buffer (incl. the frozen BatchNorm statistics) re-drawn."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+      if not t.is_floating_point():
+        continue
+      if name.endswith("running_var"):
+        t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+      elif name.endswith(("norm.weight", "normalization.weight", ".1.weight")) and t.ndim == 1:
+        t.copy_(1.0 + 0.2 * torch.randn(t.shape, generator=g))
+      else:
+        t.copy_(0.2 * torch.randn(t.shape, generator=g))
+
+
+def _hf_model(torch, transformers, seed, **kw):
+  cfg = transformers.DeformableDetrConfig(
+      backbone_config=transformers.ResNetConfig(
+          embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+          layer_type="basic", out_features=["stage2", "stage3", "stage4"]),
+      use_timm_backbone=False, use_pretrained_backbone=False, d_model=32,
+      encoder_layers=1, decoder_layers=2, encoder_ffn_dim=24, decoder_ffn_dim=24,
+      encoder_attention_heads=2, decoder_attention_heads=2, num_labels=3, **kw)
+  model = transformers.DeformableDetrForObjectDetection(cfg).eval()
+  _redraw(torch, model, seed)
+  return model, cfg
+
+
+@pytest.mark.parametrize("variant,size", [
+    (dict(num_queries=6, encoder_n_points=3, decoder_n_points=2), (96, 80)),
+    (dict(with_box_refine=True, two_stage=True, num_queries=6, two_stage_num_proposals=6,
+          num_feature_levels=3), (88, 72)),
+], ids=["plain", "box_refine_two_stage"])
+def test_matches_hf_deformable_detr(torch, transformers, variant, size):
+  from vitjax.convert.deformable_detr import hf_deformable_detr_to_vitjax
+  from vitjax.models.deformable_detr import DeformableDETR
+  model, cfg = _hf_model(torch, transformers, seed=1, **variant)
+  x = np.random.default_rng(0).normal(size=(2, 3) + size).astype(np.float32)
+  with torch.no_grad():
+    ref = model(pixel_values=torch.tensor(x))
+  variables, kwargs = hf_deformable_detr_to_vitjax(model.state_dict(), config=cfg)
+  assert kwargs["with_box_refine"] == variant.get("with_box_refine", False)
+  assert kwargs["two_stage"] == variant.get("two_stage", False)
+  logits, out = jax.jit(DeformableDETR(**kwargs).apply)(
+      variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
+  dl = np.abs(np.asarray(logits) - ref.logits.numpy()).max()
+  db = np.abs(np.asarray(out["boxes"]) - ref.pred_boxes.numpy()).max()
+  print(f"\n{sorted(variant)}: logits diff {dl:.2e}, boxes diff {db:.2e}")
+  assert dl <= 1e-4 and db <= 1e-4, (dl, db)
+  assert len(out["aux"]) == 1 and ref.logits.numpy().std() > 0.1
+  if variant.get("two_stage"):
+    de = np.abs(np.asarray(out["enc_outputs"]["logits"]) - ref.enc_outputs_class.numpy()).max()
+    assert de <= 1e-4, de
+
+
+def test_param_count_matches_paper():
+  from vitjax.models.registry import create_model
+  model = create_model("deformable_detr_resnet50")
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
+  n = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes["params"]))
+  assert abs(n - 40e6) / 40e6 < 0.01, n  # paper Table 1: 40M
+
+
+def test_bad_config_refused():
+  from vitjax.errors import UserError
+  from vitjax.models.registry import create_model
+  with pytest.raises(UserError, match="multiple of 32"):
+    create_model("deformable_detr_tiny", hidden_dim=48)
+  with pytest.raises(UserError, match="with_box_refine"):
+    create_model("deformable_detr_tiny", two_stage=True)

@@ -1,0 +1,398 @@
+"""Deformable DETR (Zhu et al. 2021, "Deformable DETR: Deformable Transformers
+for End-to-End Object Detection").
+
+image -> ResNet C3, C4, C5 (strides 8, 16, 32) + one extra level (3x3/2 conv on
+C5, stride 64) -> each level projected to `hidden_dim` (1x1 conv + GroupNorm(32))
+-> flattened and concatenated, with sine position encodings plus a learned
+embedding per level -> encoder of multi-scale deformable self-attention (each
+pixel is a query whose reference point is its own centre) -> decoder: object
+queries (learned, split into a content part and a positional part), with
+self-attention among them and deformable cross-attention into the encoder
+output around a reference point each (a 2D point predicted from the query
+position) -> per decoder layer a linear class head (sigmoid logits, focal loss)
+and a 3-layer box MLP predicting (cx, cy, w, h) relative to the reference point
+(in inverse-sigmoid space).
+
+Options (paper Sec. 4.2, HF config flags of the same names):
+- `with_box_refine` (iterative bounding box refinement): every decoder layer
+  has its own heads and refines the boxes of the previous layer; the refined
+  box (4D) becomes the next layer's reference (gradient stopped).
+- `two_stage`: the encoder output itself predicts a class score and a box per
+  pixel (relative to a proposal box centred there, of size 0.05 * 2**level);
+  the top `num_queries` become the decoder's reference boxes and (through a
+  sine embedding of the box) its queries. Needs `with_box_refine`, as in the
+  reference code's released models and in HF.
+
+The deformable attention is `vitjax.models.layers.deformable_attention`.
+Images are taken unpadded (no pixel mask: every position is valid).
+
+`__call__(images, train=False)` returns `(logits [B, Q, C], out)`: `out` holds
+'boxes' [B, Q, 4] (cx, cy, w, h in [0, 1]), 'aux' (per earlier decoder layer
+{'logits', 'boxes'}), 'enc_outputs' ({'logits', 'boxes'} of the encoder's
+proposals, two-stage only), 'stem', 'stage_i' (backbone maps), 'encoded'
+(encoder output [B, S, D]) and 'pre_logits' (last decoder output [B, Q, D]).
+
+Named sizes (paper Table 1 / Sec. 5; 300 queries, 6+6 layers, width 256,
+8 heads, FFN 1024, L=4 levels, K=4 points; 91 COCO class slots as in HF):
+  deformable_detr_resnet50              ResNet-50, published 40M params
+  deformable_detr_resnet50_box_refine   + iterative box refinement
+  deformable_detr_resnet50_two_stage    + box refinement + two-stage
+  deformable_detr_tiny                  a small test / CPU model
+"""
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitjax.errors import UserError
+from vitjax.models.layers import dot_product_attention
+from vitjax.models.layers.deformable_attention import MSDeformableAttention
+from vitjax.models.registry import register_model
+from vitjax.models.resnet import ResNet
+
+
+def inverse_sigmoid(x, eps: float = 1e-5):
+  """log(x / (1 - x)), with x clamped to [eps, 1 - eps] (as the reference code)."""
+  x = jnp.clip(x, 0.0, 1.0)
+  return jnp.log(jnp.maximum(x, eps) / jnp.maximum(1.0 - x, eps))
+
+
+def _sine(coords, num_feats: int, temperature: float = 10_000.0):
+  """[..., n] coordinates -> [..., n * num_feats]: for each coordinate,
+  sin / cos interleaved at frequencies temperature**(-2i / num_feats)."""
+  dim_t = temperature ** (2 * (np.arange(num_feats) // 2) / num_feats)
+  pos = coords[..., None] / jnp.asarray(dim_t, jnp.float32)
+  pos = jnp.stack([jnp.sin(pos[..., 0::2]), jnp.cos(pos[..., 1::2])], -1)
+  return pos.reshape(pos.shape[:-3] + (-1,))
+
+
+def sine_position_map(h: int, w: int, dim: int):
+  """The normalised sine encoding of an h x w map, [h * w, dim] ((y, x) halves):
+  positions (i + 0.5) / n * 2 pi, as Deformable DETR's encoder."""
+  eps = 1e-6
+  y = (np.arange(1, h + 1) - 0.5) / (h + eps) * 2 * np.pi
+  x = (np.arange(1, w + 1) - 0.5) / (w + eps) * 2 * np.pi
+  yy, xx = np.meshgrid(y, x, indexing="ij")
+  coords = jnp.asarray(np.stack([yy, xx], -1).reshape(h * w, 2), jnp.float32)
+  return _sine(coords, dim // 2)
+
+
+class MultiHeadAttention(nn.Module):
+  """softmax(q k^T / sqrt(d)) v with separate q/k/v/o projections ([B, N, D]),
+  as the attention of "Attention is all you need" and DETR's decoder."""
+  num_heads: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, q, k, v, deterministic: bool = True):
+    d = q.shape[-1]
+    dense = lambda name: nn.Dense(d, dtype=self.dtype, name=name)  # noqa: E731
+    split = lambda t: t.reshape(t.shape[:2] + (self.num_heads, d // self.num_heads))  # noqa: E731
+    drop = None
+    if self.dropout > 0 and not deterministic:
+      drop = lambda w: nn.Dropout(self.dropout)(w, deterministic=False)  # noqa: E731
+    out = dot_product_attention(split(dense("q_proj")(q)), split(dense("k_proj")(k)),
+                                split(dense("v_proj")(v)), dropout_fn=drop)
+    return dense("o_proj")(out.reshape(out.shape[:2] + (d,)))
+
+
+class FeedForward(nn.Module):
+  """Dense -> ReLU -> Dense, with dropout after each (DETR's FFN)."""
+  hidden_dim: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    y = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x))
+    y = nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(y)
+    return nn.Dropout(self.dropout)(y, deterministic=deterministic)
+
+
+class BoxHead(nn.Module):
+  """The box MLP: `num_layers` Dense layers (ReLU between) -> 4 numbers."""
+  hidden_dim: int
+  num_layers: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(self.num_layers - 1):
+      x = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"layers_{i}")(x))
+    return nn.Dense(4, dtype=self.dtype, name=f"layers_{self.num_layers - 1}")(x)
+
+
+class EncoderLayer(nn.Module):
+  """Post-norm: x = LN(x + MSDeformAttn(x + pos, x)); x = LN(x + FFN(x))."""
+  num_heads: int
+  num_levels: int
+  num_points: int
+  ffn_dim: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, pos, ref, shapes, deterministic: bool = True):
+    drop = nn.Dropout(self.dropout)
+    y = MSDeformableAttention(self.num_heads, self.num_levels, self.num_points,
+                              dtype=self.dtype, name="self_attn")(x + pos, x, ref, shapes)
+    x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="self_attn_layer_norm")(
+        x + drop(y, deterministic=deterministic))
+    y = FeedForward(self.ffn_dim, self.dropout, self.dtype, name="mlp")(x, deterministic)
+    return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="final_layer_norm")(x + y)
+
+
+class DecoderLayer(nn.Module):
+  """Post-norm: self-attention among queries (q = k = x + pos), deformable
+  cross-attention into the encoder output around the reference points, FFN."""
+  num_heads: int
+  num_levels: int
+  num_points: int
+  ffn_dim: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, pos, memory, ref, shapes, deterministic: bool = True):
+    drop = nn.Dropout(self.dropout)
+    ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)  # noqa: E731
+    y = MultiHeadAttention(self.num_heads, dtype=self.dtype, name="self_attn")(
+        x + pos, x + pos, x, deterministic)
+    x = ln("self_attn_layer_norm")(x + drop(y, deterministic=deterministic))
+    y = MSDeformableAttention(self.num_heads, self.num_levels, self.num_points,
+                              dtype=self.dtype, name="encoder_attn")(x + pos, memory, ref, shapes)
+    x = ln("encoder_attn_layer_norm")(x + drop(y, deterministic=deterministic))
+    y = FeedForward(self.ffn_dim, self.dropout, self.dtype, name="mlp")(x, deterministic)
+    return ln("final_layer_norm")(x + y)
+
+
+def encoder_reference_points(shapes: Sequence[Tuple[int, int]]):
+  """Pixel centres of every level, normalised to [0, 1]: [S, 2] as (x, y)."""
+  pts = []
+  for h, w in shapes:
+    yy, xx = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
+    pts.append(np.stack([xx.reshape(-1), yy.reshape(-1)], -1))
+  return jnp.asarray(np.concatenate(pts, 0), jnp.float32)
+
+
+def encoder_proposals(shapes: Sequence[Tuple[int, int]]):
+  """Two-stage proposal boxes, one per pixel (centre, size 0.05 * 2**level),
+  in inverse-sigmoid space: ([S, 4] logits, [S] valid: inside (0.01, 0.99))."""
+  boxes = []
+  for lvl, (h, w) in enumerate(shapes):
+    yy, xx = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
+    wh = np.full((h * w, 2), 0.05 * 2.0 ** lvl)
+    boxes.append(np.concatenate([xx.reshape(-1, 1), yy.reshape(-1, 1), wh], -1))
+  boxes = np.concatenate(boxes, 0)
+  valid = np.all((boxes > 0.01) & (boxes < 0.99), -1)
+  with np.errstate(divide="ignore"):
+    logits = np.where(valid[:, None], np.log(boxes / (1 - boxes)), np.inf)
+  return jnp.asarray(logits, jnp.float32), jnp.asarray(valid)
+
+
+class DeformableDETR(nn.Module):
+  """Deformable DETR over NHWC images (see the module docstring).
+
+  num_classes: class logits per query (sigmoid; no "no object" slot).
+  backbone: ResNet keyword arguments (vitjax.models.resnet.ResNet); its last
+    min(3, num_feature_levels) stages feed the encoder.
+  backbone_train_bn: update the backbone's BatchNorm statistics when training
+    (False: frozen BatchNorm, as the paper and HF).
+  hidden_dim / num_heads / encoder_layers / decoder_layers / ffn_dim: the
+    transformer; hidden_dim must be a multiple of 32 (GroupNorm(32)).
+  num_feature_levels (L), encoder_points / decoder_points (K): deformable
+    attention's levels and points per head and level.
+  share_heads: one class / box head for every decoder layer (the paper
+    without refinement); False gives every layer its own (HF's layout).
+  """
+  num_classes: int = 91
+  backbone: Optional[Dict[str, Any]] = None
+  backbone_train_bn: bool = False
+  hidden_dim: int = 256
+  num_heads: int = 8
+  encoder_layers: int = 6
+  decoder_layers: int = 6
+  ffn_dim: int = 1024
+  num_queries: int = 300
+  num_feature_levels: int = 4
+  encoder_points: int = 4
+  decoder_points: int = 4
+  with_box_refine: bool = False
+  two_stage: bool = False
+  share_heads: bool = True
+  dropout: float = 0.1
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.hidden_dim % 32 or self.hidden_dim <= 0:
+      raise UserError(f"DeformableDETR hidden_dim={self.hidden_dim} must be a positive "
+                      f"multiple of 32 (GroupNorm(32) input projections); e.g. "
+                      f"{max(32, self.hidden_dim // 32 * 32)} or {self.hidden_dim // 32 * 32 + 32}.")
+    if self.hidden_dim % self.num_heads:
+      raise UserError(f"DeformableDETR hidden_dim={self.hidden_dim} is not divisible by "
+                      f"num_heads={self.num_heads}.")
+    if self.two_stage and not self.with_box_refine:
+      raise UserError("DeformableDETR two_stage=True needs with_box_refine=True (as the "
+                      "released models and HF); set both.")
+    if self.num_feature_levels < 1 or self.decoder_layers < 1 or self.encoder_layers < 0:
+      raise UserError("DeformableDETR needs num_feature_levels >= 1, decoder_layers >= 1 "
+                      "and encoder_layers >= 0.")
+
+  def _heads(self):
+    """Number of (class, box) head pairs: one per decoder layer unless shared,
+    plus one for the encoder's proposals (two-stage)."""
+    n = 1 if (self.share_heads and not self.with_box_refine) else self.decoder_layers
+    return n + (1 if self.two_stage else 0)
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    d, det = self.hidden_dim, not train
+    out = {}
+    bb_kwargs = dict(self.backbone or dict(depth=50))
+    bb_kwargs.update(num_classes=0, dtype=self.dtype)
+    _, bb_out = ResNet(**bb_kwargs, name="backbone")(
+        images, train=train and self.backbone_train_bn)
+    stages = sorted(k for k in bb_out if k.startswith("stage_"))
+    out.update({k: bb_out[k] for k in ["stem"] + stages})
+    n_bb = min(3, self.num_feature_levels, len(stages))
+    feats = [bb_out[k] for k in stages[-n_bb:]]
+
+    # Input projections (+ extra stride-2 levels), GroupNorm(32).
+    gn = lambda name: nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=self.dtype, name=name)  # noqa: E731
+    srcs = []
+    for i, f in enumerate(feats):
+      srcs.append(gn(f"input_proj_{i}_norm")(
+          nn.Conv(d, (1, 1), dtype=self.dtype, name=f"input_proj_{i}_conv")(f)))
+    x = feats[-1]
+    for i in range(n_bb, self.num_feature_levels):
+      x = gn(f"input_proj_{i}_norm")(nn.Conv(d, (3, 3), (2, 2), padding=((1, 1), (1, 1)),
+                                             dtype=self.dtype, name=f"input_proj_{i}_conv")(x))
+      srcs.append(x)
+    shapes = tuple((s.shape[1], s.shape[2]) for s in srcs)
+    b = images.shape[0]
+    level_embed = self.param("level_embed", nn.initializers.normal(1.0),
+                             (self.num_feature_levels, d))
+    src = jnp.concatenate([s.reshape(b, -1, d) for s in srcs], 1)
+    pos = jnp.concatenate([sine_position_map(h, w, d) + level_embed[i]
+                           for i, (h, w) in enumerate(shapes)], 0)[None].astype(self.dtype)
+
+    # Encoder.
+    ref = jnp.broadcast_to(encoder_reference_points(shapes)[None, :, None],
+                           (b, src.shape[1], len(shapes), 2))
+    memory = nn.Dropout(self.dropout)(src, deterministic=det)
+    for i in range(self.encoder_layers):
+      memory = EncoderLayer(self.num_heads, self.num_feature_levels, self.encoder_points,
+                            self.ffn_dim, self.dropout, self.dtype,
+                            name=f"encoder_{i}")(memory, pos, ref, shapes, det)
+    out["encoded"] = memory
+
+    n_heads = self._heads()
+    class_heads = [nn.Dense(self.num_classes, dtype=self.dtype,
+                            bias_init=nn.initializers.constant(-np.log((1 - 0.01) / 0.01)),
+                            name=f"class_embed_{i}") for i in range(n_heads)]
+    box_heads = [BoxHead(d, dtype=self.dtype, name=f"bbox_embed_{i}") for i in range(n_heads)]
+    head = lambda i: min(i, n_heads - 1 - (1 if self.two_stage else 0))  # noqa: E731
+
+    # Queries and reference points.
+    if self.two_stage:
+      proposals, valid = encoder_proposals(shapes)
+      oq = jnp.where(valid[None, :, None], memory, 0.0)
+      oq = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="enc_output_norm")(
+          nn.Dense(d, dtype=self.dtype, name="enc_output")(oq))
+      enc_logits = class_heads[-1](oq)
+      enc_coords = box_heads[-1](oq) + proposals[None]
+      out["enc_outputs"] = {"logits": enc_logits.astype(jnp.float32),
+                            "boxes": jax.nn.sigmoid(enc_coords).astype(jnp.float32)}
+      k = min(self.num_queries, enc_logits.shape[1])
+      _, top = jax.lax.top_k(enc_logits[..., 0], k)
+      top_coords = jax.lax.stop_gradient(jnp.take_along_axis(enc_coords, top[..., None], 1))
+      reference = jax.nn.sigmoid(top_coords)
+      emb = _sine(jax.nn.sigmoid(top_coords) * 2 * np.pi, d // 2).astype(self.dtype)
+      emb = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="pos_trans_norm")(
+          nn.Dense(2 * d, dtype=self.dtype, name="pos_trans")(emb))
+      query_pos, tgt = emb[..., :d], emb[..., d:]
+    else:
+      queries = self.param("query_embed", nn.initializers.normal(1.0),
+                           (self.num_queries, 2 * d))
+      query_pos = jnp.broadcast_to(queries[None, :, :d], (b, self.num_queries, d))
+      tgt = jnp.broadcast_to(queries[None, :, d:], (b, self.num_queries, d))
+      reference = jax.nn.sigmoid(nn.Dense(2, dtype=self.dtype, name="reference_points")(query_pos))
+
+    # Decoder, with per-layer predictions.
+    hs, refs_in = tgt.astype(self.dtype), []
+    states = []
+    for i in range(self.decoder_layers):
+      refs_in.append(reference)
+      hs = DecoderLayer(self.num_heads, self.num_feature_levels, self.decoder_points,
+                        self.ffn_dim, self.dropout, self.dtype, name=f"decoder_{i}")(
+                            hs, query_pos, memory,
+                            jnp.broadcast_to(reference[:, :, None],
+                                             reference.shape[:2] + (len(shapes),) +
+                                             reference.shape[-1:]), shapes, det)
+      states.append(hs)
+      if self.with_box_refine:
+        delta = box_heads[i](hs)
+        if reference.shape[-1] == 4:
+          new = delta + inverse_sigmoid(reference)
+        else:
+          new = jnp.concatenate([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], -1)
+        reference = jax.lax.stop_gradient(jax.nn.sigmoid(new))
+    preds = []
+    for i, (h, r) in enumerate(zip(states, refs_in)):
+      logits = class_heads[head(i)](h)
+      delta = box_heads[head(i)](h)
+      r = inverse_sigmoid(r)
+      if r.shape[-1] == 4:
+        coords = delta + r
+      else:
+        coords = jnp.concatenate([delta[..., :2] + r, delta[..., 2:]], -1)
+      preds.append({"logits": logits.astype(jnp.float32),
+                    "boxes": jax.nn.sigmoid(coords).astype(jnp.float32)})
+    out["aux"] = preds[:-1]
+    out["boxes"] = preds[-1]["boxes"]
+    out["pre_logits"] = states[-1]
+    out["logits"] = preds[-1]["logits"]
+    return preds[-1]["logits"], out
+
+
+# Paper Sec. 5 ("Implementation details") / HF SenseTime/deformable-detr configs.
+_RESNET50 = dict(num_classes=91, backbone=dict(depth=50), hidden_dim=256, num_heads=8,
+                 encoder_layers=6, decoder_layers=6, ffn_dim=1024, num_queries=300,
+                 num_feature_levels=4, encoder_points=4, decoder_points=4)
+
+
+def _factory(name, doc, **fixed):
+  def factory(**overrides):
+    kw = dict(_RESNET50)
+    kw.update(fixed)
+    kw.update(overrides)
+    return DeformableDETR(**kw)
+  factory.__doc__ = doc
+  register_model(factory, name=name)
+
+
+_factory("deformable_detr_resnet50", "Deformable DETR, ResNet-50 (paper Table 1: 40M params).")
+_factory("deformable_detr_resnet50_box_refine",
+         "Deformable DETR + iterative bounding box refinement, ResNet-50.",
+         with_box_refine=True)
+_factory("deformable_detr_resnet50_two_stage",
+         "Two-stage Deformable DETR + iterative box refinement, ResNet-50.",
+         with_box_refine=True, two_stage=True)
+
+
+@register_model
+def deformable_detr_tiny(**overrides):
+  """A small Deformable DETR (ResNet with one basic block per stage, width 32,
+  one encoder and two decoder layers, 3 levels): tests and CPU experiments."""
+  kw = dict(num_classes=3, backbone=dict(block="basic", stage_depths=(1, 1, 1, 1),
+                                         stage_widths=(16, 32, 64, 64), stem_width=16),
+            hidden_dim=32, num_heads=2, encoder_layers=1, decoder_layers=2, ffn_dim=64,
+            num_queries=10, num_feature_levels=3, encoder_points=2, decoder_points=2,
+            dropout=0.0)
+  kw.update(overrides)
+  return DeformableDETR(**kw)
