@@ -9,12 +9,14 @@ A task is a class built as `Task(config, dataset_info, model)` with:
 
 from vitjax.errors import UserError
 from vitjax.tasks.classification import ClassificationTask
+from vitjax.tasks.detection import DetectionTask
 from vitjax.tasks.mae import MaeTask
 from vitjax.tasks.dino import DinoTask
 from vitjax.tasks.moco import MocoV3Task
 from vitjax.tasks.distillation import DistillationTask
 from vitjax.tasks.multilabel import MultiLabelTask
 from vitjax.tasks.segmentation import SegmentationTask
+from vitjax.tasks.simmim import SimMimTask
 from vitjax.tasks.token_labeling import TokenLabelingTask
 
 TASKS = {"classification": ClassificationTask, "distillation": DistillationTask,
@@ -22,8 +24,10 @@ TASKS = {"classification": ClassificationTask, "distillation": DistillationTask,
 TASKS["token_labeling"] = TokenLabelingTask
 TASKS["multilabel"] = MultiLabelTask
 TASKS["mae"] = MaeTask
+TASKS["detection"] = DetectionTask
 TASKS["dino"] = DinoTask
 TASKS["moco_v3"] = MocoV3Task
+TASKS["simmim"] = SimMimTask
 
 
 def get_task(name: str):
