@@ -164,18 +164,35 @@ def _data(task):
   return task if hasattr(task, "train_iterator") else data_lib
 
 
+def make_eval_fn(task, out_shardings):
+  """jit of task.eval_sums; with the task's optional `eval_outputs(params,
+  model_state, batch)` (per-example arrays, e.g. detections for COCO mAP) it
+  returns (sums, outputs) and `evaluate` hands the host copies of every
+  batch's outputs to `task.eval_summary_from_outputs(list)`."""
+  if not hasattr(task, "eval_outputs"):
+    return jax.jit(task.eval_sums, out_shardings=out_shardings)
+  return jax.jit(lambda p, m, b: (task.eval_sums(p, m, b), task.eval_outputs(p, m, b)),
+                 out_shardings=out_shardings)
+
+
 def evaluate(eval_fn, state, config, mesh, task):
   """One pass over the eval split; returns the task's summary metrics."""
-  sums = None
+  sums, outputs = None, []
   for local in _data(task).eval_iterator(config, process_index=jax.process_index(),
                                          process_count=jax.process_count()):
     batch = shard_lib.to_global_batch(local, mesh)
     params = state.params if state.ema_params is None else state.ema_params
     s = eval_fn(params, state.model_state, batch)
+    if hasattr(task, "eval_outputs"):
+      s, o = s
+      outputs.append(jax.device_get(o))
     sums = s if sums is None else jax.tree.map(jnp.add, sums, s)
   sums = jax.tree.map(lambda x: float(x) if np.ndim(x) == 0 else np.asarray(x, np.float64),
                       jax.device_get(sums))  # non-scalar sums: e.g. a confusion matrix
-  return task.eval_summary(sums)
+  summary = task.eval_summary(sums)
+  if hasattr(task, "eval_outputs"):
+    summary.update(task.eval_summary_from_outputs(outputs))
+  return summary
 
 
 class _Preemption:
@@ -306,7 +323,7 @@ def train_and_evaluate(config, workdir: str):
     jitted = jax.jit(step_fn, in_shardings=(repl, batch_sharding, repl),
                      out_shardings=(repl, repl), donate_argnums=(0,))
     train_step = lambda state, batch: jitted(state, batch, consts)
-  eval_fn = jax.jit(task.eval_sums, out_shardings=repl)
+  eval_fn = make_eval_fn(task, repl)
 
   writer = MetricWriter(workdir)
   steps_per_epoch = data_lib.steps_per_epoch(config, info)
