@@ -196,17 +196,22 @@ def _normalise(image, opts):
   return (image - tf.constant(opts["mean"])) / tf.constant(opts["std"])
 
 
-def train_example(image, mask, seed, opts):
-  """Augments one (image, label map) pair with the stateless seed `seed`."""
-  image, mask = _decode(image, mask, opts)
-  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 8))
-  j = opts["jitter"]
+def color_jitter(image, seeds, strength: float):
+  """Random brightness / contrast / saturation of a [0, 1] image (3 stateless seeds)."""
+  j = strength
   if j:
     image = tf.image.stateless_random_brightness(image, j, seeds[0])
     image = tf.image.stateless_random_contrast(image, 1 - j, 1 + j, seeds[1])
     image = tf.image.stateless_random_saturation(image, 1 - j, 1 + j, seeds[2])
     image = tf.clip_by_value(image, 0.0, 1.0)
-  image = _normalise(image, opts)
+  return image
+
+
+def train_example(image, mask, seed, opts):
+  """Augments one (image, label map) pair with the stateless seed `seed`."""
+  image, mask = _decode(image, mask, opts)
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 8))
+  image = _normalise(color_jitter(image, seeds[:3], opts["jitter"]), opts)
   size = opts["size"]
   hw = tf.cast(tf.shape(image)[:2], tf.float32)
   scale = tf.random.stateless_uniform([], seeds[3], *opts["scale"])
