@@ -1,0 +1,354 @@
+"""Detection input pipeline: images with sets of (class, box) targets.
+
+Same contract as vitjax.data.dense (whose ordering, seeding, sharding and
+colour jitter this reuses): train batches are a pure function of
+(config.seed, step); eval is one pass with mask=False padding rows.
+
+Sources (config.dataset.name):
+  'shapes'      the embedded procedural set (vitjax.data.shapes), generated in
+                memory from config.seed; classes circle, square, triangle.
+  'coco_dir:<path>'  a COCO-format folder written by shapes.write_coco (or any
+                instances_<split>.json + images of one size), read by load_coco.
+  'tfds:<name>' a TFDS detection set such as coco/2017 (features image,
+                objects/bbox [ymin, xmin, ymax, xmax] normalised, objects/label).
+
+Every source yields (image uint8 [h, w, 3], targets float32 [K, 5]) with
+targets rows (x0, y0, x1, y1 normalised, class 0..C-1); rows with class < 0
+are padding.
+
+Settings in config.task_kwargs (all optional): max_boxes (the target slots per
+image; default config.model.num_queries or 100), scale_range ((0.5, 2.0)),
+color_jitter (0.2), min_box_size (1 pixel after augmentation: smaller boxes
+are dropped), num_train_images / num_eval_images / shapes_* (as in dense.py).
+
+Train augmentation (boxes follow the image): colour jitter, random resize of
+the shorter side to scale * image_size, zero padding to at least image_size,
+a random image_size crop (boxes clipped to it, ones left under min_box_size
+dropped) and a horizontal flip. Eval: resize to image_size x image_size.
+
+Bad input: boxes outside the image are clipped to it; zero-area boxes are
+dropped (a warning names how many, for in-memory sources); images without
+objects are fine (the loss is then no-object only); an image with more
+objects than max_boxes, or max_boxes above the model's num_queries, is a
+UserError (at start-up for in-memory sources, at the first such batch for TFDS).
+
+Batches: image float32 [b, S, S, 3], boxes float32 [b, T, 4] (cx, cy, w, h
+normalised), labels int32 [b, T], box_valid bool [b, T]; eval batches also
+mask bool [b] and orig_size float32 [b, 2] (h, w).
+"""
+
+import math
+import os
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from vitjax.data import dense
+from vitjax.data import input_pipeline as ip
+from vitjax.data import shapes
+from vitjax.errors import UserError
+
+_TOO_MANY = "vitjax-detection: more objects than max_boxes"
+
+
+def _opt(config, key, default):
+  return dense._opt(config, key, default)  # pylint: disable=protected-access
+
+
+def num_queries(config) -> int | None:
+  model = config.get("model") or {}
+  q = model.get("num_queries") if hasattr(model, "get") else None
+  return int(q) if q else None
+
+
+def max_boxes(config) -> int:
+  t = int(_opt(config, "max_boxes", num_queries(config) or 100))
+  q = num_queries(config)
+  if t < 1:
+    raise UserError(f"config.task_kwargs.max_boxes={t} must be >= 1.")
+  if q is not None and t > q:
+    raise UserError(f"config.task_kwargs.max_boxes={t} exceeds config.model.num_queries={q}: "
+                    f"a set loss matches each object to its own query; use max_boxes <= {q}.")
+  return t
+
+
+# ----------------------------------------------------------------------------
+# Sources.
+
+
+def pack_records(records, what: str, limit: int, queries: int | None):
+  """Records (shapes.generate / load_coco) -> (images [N, S, S, 3], targets [N, T, 5]).
+
+  Boxes are clipped to the image; zero-area ones dropped with a warning; more
+  objects than `limit` is a UserError naming num_queries and the count.
+  """
+  images = np.stack([r["image"] for r in records])
+  h, w = images.shape[1:3]
+  counts, rows, dropped = [], [], 0
+  for r in records:
+    b = np.asarray(r["boxes"], np.float32).reshape(-1, 4)
+    b = np.clip(b, 0, [w, h, w, h]) / np.array([w, h, w, h], np.float32)
+    keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    dropped += int((~keep).sum())
+    rows.append(np.concatenate([b[keep], (np.asarray(r["classes"])[keep] - 1)[:, None]], 1))
+    counts.append(int(keep.sum()))
+  if dropped:
+    warnings.warn(f"{what}: dropped {dropped} zero-area box(es) (after clipping to the image).")
+  most = max(counts)
+  if most > limit:
+    raise UserError(f"{what}: an image has {most} objects but the model has "
+                    f"num_queries={queries} (max_boxes={limit}); raise num_queries / max_boxes "
+                    f"to at least {most}.")
+  targets = np.full((len(records), max(most, 1), 5), -1, np.float32)
+  for i, r in enumerate(rows):
+    targets[i, :len(r)] = r
+  return images, targets
+
+
+_CACHE = {}
+
+
+def _shapes_records(split, n, config):
+  size = int(_opt(config, "shapes_image_size", config.input.image_size))
+  key = (split, n, config.seed, size, int(_opt(config, "shapes_max_objects", 4)),
+         tuple(_opt(config, "shapes_size_range", (0.1, 0.25))))
+  if key not in _CACHE:
+    if len(_CACHE) >= 4:
+      _CACHE.clear()
+    _CACHE[key] = shapes.generate(split, n, config.seed, *key[3:])
+  return _CACHE[key]
+
+
+def _array_source(config, train_records, eval_records, class_names):
+  limit, q = max_boxes(config), num_queries(config)
+  train = pack_records(train_records, "detection train split", limit, q)
+  eval_ = pack_records(eval_records, "detection eval split", limit, q)
+  info = ip.DatasetInfo(num_classes=len(class_names), num_train_examples=len(train[0]),
+                        num_eval_examples=len(eval_[0]), class_names=tuple(class_names))
+  return ip._ArraySource(info=info, train_data=train, eval_data=eval_)  # pylint: disable=protected-access
+
+
+def _shapes_source(config):
+  eval_split = config.dataset.eval_split
+  if eval_split not in ("validation", "test"):
+    raise UserError(f"config.dataset.eval_split={eval_split!r}: the shapes set has "
+                    "'validation' and 'test' for evaluation.")
+  train = _shapes_records("train", _opt(config, "num_train_images", 2000), config)
+  eval_ = _shapes_records(eval_split, _opt(config, "num_eval_images", 500), config)
+  return _array_source(config, train, eval_, shapes.CLASS_NAMES)
+
+
+def _coco_dir_source(config, directory):
+  if not os.path.isdir(directory):
+    raise UserError(f"config.dataset.name='coco_dir:{directory}': no such folder.")
+  train = shapes.load_coco(directory, config.dataset.train_split)
+  eval_ = shapes.load_coco(directory, config.dataset.eval_split)
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(directory, "annotations",
+                         f"instances_{config.dataset.train_split}.json")) as f:
+    cats = sorted(json.load(f)["categories"], key=lambda c: c["id"])
+  return _array_source(config, train, eval_, [c["name"] for c in cats])
+
+
+class _TfdsDetSource(dense._TfdsSegSource):  # pylint: disable=protected-access
+  """A prepared TFDS detection dataset (coco/2017 layout)."""
+
+  def __init__(self, config, name):  # pylint: disable=super-init-not-called
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    self._tfds = tfds
+    data_dir = config.dataset.get("data_dir")
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.DatasetNotFoundError:
+      raise UserError(f"config.dataset.name='tfds:{name}': {name!r} is not a TFDS "
+                      "dataset.") from None
+    self._builder, self._name, self._data_dir = builder, name, data_dir
+    features = builder.info.features
+    if "image" not in features or "objects" not in features:
+      raise UserError(f"TFDS dataset {name!r} has no image / objects features (its features "
+                      f"are {list(features.keys())}); detection reads the coco/2017 layout.")
+    label = features["objects"]["label"]
+    names = tuple(label.names) if getattr(label, "names", None) else tuple(
+        str(i) for i in range(label.num_classes))
+    self._decoders = tfds.decode.PartialDecoding(
+        {"image": True, "objects": {"bbox": True, "label": True}})
+    self._train_split = config.dataset.train_split
+    self._eval_split = config.dataset.eval_split
+    self._shuffle_buffer = int(config.dataset.get("shuffle_buffer", 10_000))
+    ip._Source.__init__(self, info=ip.DatasetInfo(  # pylint: disable=protected-access
+        num_classes=len(names), num_train_examples=self._split_size(self._train_split),
+        num_eval_examples=self._split_size(self._eval_split), class_names=names))
+
+  def _read(self, split, shuffle_seed=None) -> tf.data.Dataset:
+    read_config = self._tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+    ds = self._builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
+                                  decoders=self._decoders, read_config=read_config)
+
+    def pack(ex):
+      b = tf.cast(ex["objects"]["bbox"], tf.float32)  # ymin, xmin, ymax, xmax
+      c = tf.cast(ex["objects"]["label"], tf.float32)
+      return ex["image"], tf.stack([b[:, 1], b[:, 0], b[:, 3], b[:, 2], c], 1)
+    return ds.map(pack)
+
+
+def make_source(config):
+  name = config.dataset.name
+  if name == "shapes":
+    return _shapes_source(config)
+  if isinstance(name, str) and name.startswith("coco_dir:"):
+    return _coco_dir_source(config, name[len("coco_dir:"):])
+  if isinstance(name, str) and name.startswith("tfds:"):
+    max_boxes(config)
+    return _TfdsDetSource(config, name[len("tfds:"):])
+  raise UserError(f"config.dataset.name={name!r}: detection reads 'shapes' (embedded), "
+                  "'coco_dir:<folder>' or 'tfds:<name>' (e.g. tfds:coco/2017).")
+
+
+def get_dataset_info(config) -> ip.DatasetInfo:
+  return make_source(config).info
+
+
+# ----------------------------------------------------------------------------
+# Per-example transforms (TF, stateless).
+
+
+def _settings(config):
+  opts = dense._settings(config)  # pylint: disable=protected-access
+  opts["max_boxes"] = max_boxes(config)
+  opts["min_box"] = float(_opt(config, "min_box_size", 1.0))
+  return opts
+
+
+def _decode(image, targets):
+  if image.shape.rank == 3 and image.shape[-1] == 1:
+    image = tf.image.grayscale_to_rgb(image)
+  targets = tf.reshape(tf.cast(targets, tf.float32), [-1, 5])
+  targets = tf.boolean_mask(targets, targets[:, 4] >= 0)
+  boxes = tf.clip_by_value(targets[:, :4], 0.0, 1.0)  # outside the image: clipped
+  return tf.image.convert_image_dtype(image, tf.float32), boxes, tf.cast(targets[:, 4], tf.int32)
+
+
+def _finish_targets(boxes, labels, size, opts):
+  """xyxy pixel boxes of a size x size image -> padded cx, cy, w, h targets."""
+  keep = ((boxes[:, 2] - boxes[:, 0] >= opts["min_box"]) &
+          (boxes[:, 3] - boxes[:, 1] >= opts["min_box"]))
+  boxes, labels = tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
+  t = opts["max_boxes"]
+  n = tf.shape(labels)[0]
+  tf.debugging.assert_less_equal(n, t, message=_TOO_MANY)
+  boxes = boxes / size
+  cxcywh = tf.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2,
+                     boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
+  pad = t - n
+  return dict(boxes=tf.ensure_shape(tf.pad(cxcywh, [[0, pad], [0, 0]]), [t, 4]),
+              labels=tf.ensure_shape(tf.pad(labels, [[0, pad]]), [t]),
+              box_valid=tf.ensure_shape(tf.range(t) < n, [t]))
+
+
+def train_example(image, targets, seed, opts):
+  """Augments one (image, targets) pair with the stateless seed `seed`."""
+  image, boxes, labels = _decode(image, targets)
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 8))
+  image = dense._normalise(dense.color_jitter(image, seeds[:3], opts["jitter"]), opts)  # pylint: disable=protected-access
+  size = opts["size"]
+  hw = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = tf.random.stateless_uniform([], seeds[3], *opts["scale"])
+  new = tf.maximum(tf.cast(tf.round(hw * scale * size / tf.reduce_min(hw)), tf.int32), 1)
+  image = tf.image.resize(image, new, "bilinear")
+  newf = tf.cast(new, tf.float32)
+  boxes = boxes * tf.stack([newf[1], newf[0], newf[1], newf[0]])
+  pad = tf.maximum(size - new, 0)
+  image = tf.pad(image, [[0, pad[0]], [0, pad[1]], [0, 0]])
+  room = tf.shape(image)[:2] - size + 1
+  oy = tf.random.stateless_uniform([], seeds[4], 0, room[0], tf.int32)
+  ox = tf.random.stateless_uniform([], seeds[5], 0, room[1], tf.int32)
+  image = image[oy:oy + size, ox:ox + size]
+  off = tf.cast(tf.stack([ox, oy, ox, oy]), tf.float32)
+  boxes = tf.clip_by_value(boxes - off, 0.0, float(size))  # cut by the crop: clipped
+  if opts["flip"]:
+    flip = tf.random.stateless_uniform([], seeds[6]) < 0.5
+    image = tf.where(flip, image[:, ::-1], image)
+    flipped = tf.stack([size - boxes[:, 2], boxes[:, 1], size - boxes[:, 0], boxes[:, 3]], 1)
+    boxes = tf.where(flip, flipped, boxes)
+  out = _finish_targets(boxes, labels, float(size), opts)
+  out["image"] = tf.ensure_shape(image, [size, size, 3])
+  return out
+
+
+def eval_example(image, targets, opts):
+  image, boxes, labels = _decode(image, targets)
+  size = opts["size"]
+  orig = tf.cast(tf.shape(image)[:2], tf.float32)
+  image = tf.image.resize(dense._normalise(image, opts), [size, size], "bilinear")  # pylint: disable=protected-access
+  out = _finish_targets(boxes * size, labels, float(size), dict(opts, min_box=1e-6))
+  out.update(image=image, mask=tf.constant(True), orig_size=orig)
+  return out
+
+
+def _batches(ds, what) -> Iterator[dict]:
+  try:
+    yield from ds.as_numpy_iterator()
+  except tf.errors.InvalidArgumentError as e:
+    if _TOO_MANY in str(e):
+      raise UserError(f"{what}: an image has more objects than max_boxes (the model's "
+                      "num_queries unless config.task_kwargs.max_boxes is set); raise "
+                      "config.model.num_queries / max_boxes.") from None
+    raise
+
+
+# ----------------------------------------------------------------------------
+# Iterators (the trainer's API).
+
+
+def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[dict]:
+  """Infinite train batches from `start_step` on (deterministic in seed, step)."""
+  ip._check_process(process_index, process_count)  # pylint: disable=protected-access
+  local = ip._local_batch(config.batch_size, process_count, "config.batch_size")  # pylint: disable=protected-access
+  opts = _settings(config)
+  source = make_source(config)
+  spe = ip.steps_per_epoch(config, source.info)
+  return _train_batches(source, opts, config.seed, config.batch_size, local, spe, start_step,
+                        process_index, process_count)
+
+
+def _train_batches(source, opts, seed, batch_size, local, spe, start_step, process_index,
+                   process_count):
+  first_epoch, first_step = divmod(start_step, spe)
+  epoch = first_epoch
+  while True:
+    start = first_step * batch_size if epoch == first_epoch else 0
+    ds, _ = source.train_stream(seed, epoch, spe * batch_size, start, process_index,
+                                process_count, batch_size)
+    epoch_seed = tf.constant([ip._derive_seed(seed, epoch, 1), 0], tf.int64)  # pylint: disable=protected-access
+
+    def example(pos, raw, epoch_seed=epoch_seed):
+      return train_example(*source.load(*raw),
+                           tf.random.experimental.stateless_fold_in(epoch_seed, pos), opts)
+
+    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ip._finish(ds.batch(local, drop_remainder=True))  # pylint: disable=protected-access
+    yield from _batches(ds, "detection train split")
+    epoch += 1
+
+
+def eval_iterator(config, *, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """One pass over the eval split; rows beyond the data have mask=False."""
+  ip._check_process(process_index, process_count)  # pylint: disable=protected-access
+  local = ip._local_batch(config.eval_batch_size, process_count, "config.eval_batch_size")  # pylint: disable=protected-access
+  opts = _settings(config)
+  source = make_source(config)
+  n = source.info.num_eval_examples
+  num_batches = math.ceil(math.ceil(n / process_count) / local)
+  ds, _ = source.eval_stream(process_index, process_count)
+  ds = ds.map(lambda *raw: eval_example(*source.load(*raw), opts),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  size, t = opts["size"], opts["max_boxes"]
+  padding = tf.data.Dataset.from_tensors(dict(
+      boxes=tf.zeros([t, 4]), labels=tf.zeros([t], tf.int32), box_valid=tf.zeros([t], bool),
+      image=tf.zeros([size, size, 3], tf.float32), mask=tf.constant(False),
+      orig_size=tf.constant([float(size)] * 2))).repeat()
+  ds = ds.concatenate(padding).take(num_batches * local)
+  return _batches(ip._finish(ds.batch(local)), "detection eval split")  # pylint: disable=protected-access
