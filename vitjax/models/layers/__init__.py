@@ -5,7 +5,7 @@ from vitjax.models.layers.drop_path import DropPath
 from vitjax.models.layers.mlp import Mlp
 from vitjax.models.layers.patch_embed import PatchEmbed, apply_mask_token
 from vitjax.models.layers.pos_embed import (
-    resample_posemb, sincos_posemb_2d)
+    resample_posemb, sincos_posemb_2d, sine_posemb_2d)
 from vitjax.models.layers.window_attention import (
     ContinuousPositionBias, WindowAttention, WindowAttentionV2,
     log_spaced_coords, relative_position_index,
@@ -14,7 +14,7 @@ from vitjax.models.layers.window_attention import (
 
 __all__ = [
     "Attention", "DropPath", "Mlp", "PatchEmbed", "apply_mask_token", "dot_product_attention",
-    "resample_posemb", "sincos_posemb_2d",
+    "resample_posemb", "sincos_posemb_2d", "sine_posemb_2d",
     "ContinuousPositionBias", "WindowAttention", "WindowAttentionV2",
     "log_spaced_coords", "relative_position_index",
     "resample_relative_position_bias_table", "shifted_window_mask",

@@ -47,3 +47,29 @@ def resample_posemb(posemb, new_grid, num_prefix_tokens: int = 0,
   grid = jax.image.resize(grid.astype(jnp.float32), (1, *new_grid, d), method=method)
   grid = grid.reshape(1, new_grid[0] * new_grid[1], d).astype(posemb.dtype)
   return jnp.concatenate([prefix, grid], axis=1)
+
+
+def sine_posemb_2d(h: int, w: int, dim: int, temperature: float = 10_000.0,
+                   normalize: bool = True, offset: float = 0.0, scale: float = 2 * np.pi):
+  """DETR's sine encoding of an h x w grid (Carion et al. 2020): [h*w, dim].
+
+  Row / column indices 1..h, 1..w (minus `offset`; Deformable DETR uses 0.5),
+  divided by (h or w) + 1e-6 and multiplied by `scale` when `normalize`; each
+  half of `dim` (y first, then x) interleaves sin / cos at frequencies
+  temperature^(-2 floor(i / 2) / (dim / 2)).
+  """
+  if dim % 4:
+    raise ValueError(f"sine 2D position encoding needs dim % 4 == 0, got {dim}")
+  n = dim // 2
+  y = np.arange(1, h + 1, dtype=np.float64) - offset
+  x = np.arange(1, w + 1, dtype=np.float64) - offset
+  if normalize:
+    y, x = y / (h + 1e-6) * scale, x / (w + 1e-6) * scale
+  freq = temperature ** (2 * (np.arange(n) // 2) / n)
+
+  def encode(t):
+    a = t[:, None] / freq
+    return np.stack([np.sin(a[:, 0::2]), np.cos(a[:, 1::2])], -1).reshape(len(t), n)
+  ey, ex = encode(y), encode(x)
+  pe = np.concatenate([np.repeat(ey[:, None], w, 1), np.repeat(ex[None], h, 0)], -1)
+  return jnp.asarray(pe.reshape(h * w, dim), jnp.float32)
