@@ -35,7 +35,7 @@ WHAT = "Hugging Face DeformableDetrForObjectDetection"
 _BACKBONE = "model.backbone.model."
 
 
-class _Params:
+class ParamWriter:
   """Flat 'a/b/c' params filled from a StateDict."""
 
   def __init__(self, s: StateDict):
@@ -61,13 +61,14 @@ class _Params:
     return n
 
 
-def _split_backbone(sd):
+def split_resnet_backbone(sd, what: str = WHAT):
+  """(HF ResNet backbone tensors with the prefix removed, the other tensors)."""
   if _BACKBONE + "conv1.weight" in sd:
-    raise UserError(f"{WHAT}: a timm backbone (use_timm_backbone=True) is not supported; "
+    raise UserError(f"{what}: a timm backbone (use_timm_backbone=True) is not supported; "
                     "use an HF ResNet backbone (use_timm_backbone=False).")
   bb = {k[len(_BACKBONE):]: v for k, v in sd.items() if k.startswith(_BACKBONE)}
   if not bb:
-    raise UserError(f"Not a {WHAT} state dict: no '{_BACKBONE}*' backbone tensors. It has: "
+    raise UserError(f"Not a {what} state dict: no '{_BACKBONE}*' backbone tensors. It has: "
                     f"{', '.join(sorted(sd)[:8])} ...")
   return bb, {k: v for k, v in sd.items() if not k.startswith(_BACKBONE)}
 
@@ -93,11 +94,11 @@ def hf_deformable_detr_to_vitjax(src, config=None, **overrides):
   cfg = read_json_config(config) or {}
   _check_config(cfg)
   sd = load_state_dict(src)
-  bb_sd, sd = _split_backbone(sd)
+  bb_sd, sd = split_resnet_backbone(sd)
   bb_vars, bb_kwargs = hf_resnet_to_vitjax(bb_sd)
   bb_kwargs.pop("num_classes")
   s = StateDict(sd, WHAT)
-  p = _Params(s)
+  p = ParamWriter(s)
 
   level_embed = s.take("model.level_embed")
   if level_embed is None:

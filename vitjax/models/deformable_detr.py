@@ -60,7 +60,7 @@ def inverse_sigmoid(x, eps: float = 1e-5):
   return jnp.log(jnp.maximum(x, eps) / jnp.maximum(1.0 - x, eps))
 
 
-def _sine(coords, num_feats: int, temperature: float = 10_000.0):
+def sine_embed(coords, num_feats: int, temperature: float = 10_000.0):
   """[..., n] coordinates -> [..., n * num_feats]: for each coordinate,
   sin / cos interleaved at frequencies temperature**(-2i / num_feats)."""
   dim_t = temperature ** (2 * (np.arange(num_feats) // 2) / num_feats)
@@ -69,15 +69,16 @@ def _sine(coords, num_feats: int, temperature: float = 10_000.0):
   return pos.reshape(pos.shape[:-3] + (-1,))
 
 
-def sine_position_map(h: int, w: int, dim: int):
+def sine_position_map(h: int, w: int, dim: int, offset: float = 0.5):
   """The normalised sine encoding of an h x w map, [h * w, dim] ((y, x) halves):
-  positions (i + 0.5) / n * 2 pi, as Deformable DETR's encoder."""
+  positions (i + 1 - offset) / n * 2 pi; offset 0.5 (pixel centres) in Deformable
+  DETR, 0 in DETR and Conditional DETR."""
   eps = 1e-6
-  y = (np.arange(1, h + 1) - 0.5) / (h + eps) * 2 * np.pi
-  x = (np.arange(1, w + 1) - 0.5) / (w + eps) * 2 * np.pi
+  y = (np.arange(1, h + 1) - offset) / (h + eps) * 2 * np.pi
+  x = (np.arange(1, w + 1) - offset) / (w + eps) * 2 * np.pi
   yy, xx = np.meshgrid(y, x, indexing="ij")
   coords = jnp.asarray(np.stack([yy, xx], -1).reshape(h * w, 2), jnp.float32)
-  return _sine(coords, dim // 2)
+  return sine_embed(coords, dim // 2)
 
 
 class MultiHeadAttention(nn.Module):
@@ -114,16 +115,17 @@ class FeedForward(nn.Module):
 
 
 class BoxHead(nn.Module):
-  """The box MLP: `num_layers` Dense layers (ReLU between) -> 4 numbers."""
+  """The box MLP: `num_layers` Dense layers (ReLU between) -> `out_dim` numbers."""
   hidden_dim: int
   num_layers: int = 3
+  out_dim: int = 4
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     for i in range(self.num_layers - 1):
       x = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"layers_{i}")(x))
-    return nn.Dense(4, dtype=self.dtype, name=f"layers_{self.num_layers - 1}")(x)
+    return nn.Dense(self.out_dim, dtype=self.dtype, name=f"layers_{self.num_layers - 1}")(x)
 
 
 class EncoderLayer(nn.Module):
@@ -312,7 +314,7 @@ class DeformableDETR(nn.Module):
       _, top = jax.lax.top_k(enc_logits[..., 0], k)
       top_coords = jax.lax.stop_gradient(jnp.take_along_axis(enc_coords, top[..., None], 1))
       reference = jax.nn.sigmoid(top_coords)
-      emb = _sine(jax.nn.sigmoid(top_coords) * 2 * np.pi, d // 2).astype(self.dtype)
+      emb = sine_embed(jax.nn.sigmoid(top_coords) * 2 * np.pi, d // 2).astype(self.dtype)
       emb = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="pos_trans_norm")(
           nn.Dense(2 * d, dtype=self.dtype, name="pos_trans")(emb))
       query_pos, tgt = emb[..., :d], emb[..., d:]
