@@ -26,6 +26,7 @@ CASES = [("quickstart", None), ("tome_digits", None)] + [
     ("multilabel_digits", None), ("multilabel_digits", "mixup"),
     ("vit_b16", "imagenet,medium2"),
     ("mae_digits", None), ("mae_vit_b16", None),
+    ("simmim_digits", None), ("simmim_swin_b", None), ("simmim_vit_b16", None),
     ("dino_digits", None), ("dino_vit_s16", None), ("dino_vit_s16", "300ep"),
     ("dino_vit_b16", None), ("moco_v3_digits", None), ("moco_v3_vit_b16", None),
     ("segformer_shapes", None), ("segformer_shapes", "tiny"),

@@ -1,0 +1,109 @@
+"""SimMIM pretraining (Xie et al. 2022): mask square blocks of the image's
+patches, reconstruct the raw pixels, L1 on the masked pixels only.
+
+Plugs into the one trainer; labels are read by nobody. The model is a
+`vitjax.models.simmim.SimMIM` (an encoder + its linear pixel head). Masks:
+the image is cut into `mask_patch_size` blocks, exactly
+ceil(mask_ratio * blocks) of them are masked per image (uniform at random),
+and each block is spread over the encoder's patches it covers. Training
+draws the masks from the step's RNG; evaluation from a fixed key, so two
+checkpoints' eval losses are measured on the same masks.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from vitjax.errors import UserError
+from vitjax.tasks.base import apply_model, fold_rng
+
+_EVAL_SEED = 0
+
+
+def random_block_mask(rng, batch: int, image_size: int, mask_patch_size: int,
+                      patch_size: int, mask_ratio: float):
+  """[batch, image/patch, image/patch] bool, True = masked: the image's
+  (image/mask_patch)^2 blocks, ceil(ratio * blocks) of them masked per image,
+  each block covering (mask_patch/patch)^2 model patches."""
+  g = image_size // mask_patch_size
+  n = g * g
+  count = int(math.ceil(n * mask_ratio))
+  noise = jax.random.uniform(rng, (batch, n))
+  ranks = jnp.argsort(jnp.argsort(noise, axis=1), axis=1)
+  blocks = (ranks < count).reshape(batch, g, g)
+  scale = mask_patch_size // patch_size
+  return jnp.repeat(jnp.repeat(blocks, scale, axis=1), scale, axis=2)
+
+
+def pixel_mask(mask, patch_size: int):
+  """[B, h, w] patch mask -> [B, h*p, w*p, 1] float pixel mask."""
+  m = jnp.repeat(jnp.repeat(mask, patch_size, axis=1), patch_size, axis=2)
+  return m[..., None].astype(jnp.float32)
+
+
+def masked_l1(images, reconstruction, mask, patch_size: int):
+  """SimMIM's loss: mean |x - x_rec| over the masked pixels and channels.
+
+  Returns (loss, per-image loss [B])."""
+  m = pixel_mask(mask, patch_size)
+  err = jnp.abs(images.astype(jnp.float32) - reconstruction.astype(jnp.float32)) * m
+  c = images.shape[-1]
+  per_image = jnp.sum(err, axis=(1, 2, 3)) / jnp.maximum(jnp.sum(m, axis=(1, 2, 3)) * c, 1e-5)
+  loss = jnp.sum(err) / jnp.maximum(jnp.sum(m) * c, 1e-5)
+  return loss, per_image
+
+
+def check_geometry(image_size: int, model) -> None:
+  """UserError unless the mask blocks tile the image (the model checks the
+  mask ratio and that a block is whole patches / output cells)."""
+  mp = model.mask_patch_size
+  if image_size % mp:
+    divisors = [d for d in range(model.stride, image_size + 1, model.stride)
+                if image_size % d == 0]
+    near = sorted(divisors, key=lambda d: abs(d - mp))[:2]
+    raise UserError(
+        f"mask_patch_size={mp} does not divide the image size {image_size}: the mask "
+        f"blocks must tile the image. Use one of {sorted(near)} (--config.model."
+        f"mask_patch_size) or an image size that is a multiple of {mp}.")
+
+
+class SimMimTask:
+  """Images -> reconstruct the masked blocks' pixels (L1 on masked pixels)."""
+
+  def __init__(self, config, info, model):
+    del info  # no labels
+    self.config = config
+    self.model = model
+    if not hasattr(model, "mask_patch_size"):
+      raise UserError(f"config.task='simmim' needs a SimMIM model (simmim_*), not "
+                      f"{config.model_name!r}; see vitjax.models.list_models('simmim_*').")
+    check_geometry(config.input.image_size, model)
+
+  def init_inputs(self):
+    s = self.config.input.image_size
+    return jnp.zeros((1, s, s, 3), jnp.float32)
+
+  def masks(self, rng, images):
+    m = self.model
+    return random_block_mask(rng, images.shape[0], images.shape[1], m.mask_patch_size,
+                             m.patch_size, m.mask_ratio)
+
+  def train_loss(self, params, model_state, batch, rng):
+    images = batch["image"]
+    mask = self.masks(fold_rng(rng, "simmim_masks"), images)
+    rec, _, new_state = apply_model(self.model, params, model_state, images, train=True,
+                                    rng=rng, mask=mask)
+    loss, _ = masked_l1(images, rec, mask, self.model.patch_size)
+    return loss, ({}, new_state)
+
+  def eval_sums(self, params, model_state, batch):
+    images = batch["image"]
+    mask = self.masks(fold_rng(jax.random.PRNGKey(_EVAL_SEED), "simmim_eval_masks"), images)
+    rec, _, _ = apply_model(self.model, params, model_state, images, train=False, mask=mask)
+    _, per_image = masked_l1(images, rec, mask, self.model.patch_size)
+    valid = batch["mask"].astype(jnp.float32)
+    return {"count": jnp.sum(valid), "loss": jnp.sum(per_image * valid)}
+
+  def eval_summary(self, sums):
+    return {"loss": sums["loss"] / max(sums["count"], 1.0)}
