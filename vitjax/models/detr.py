@@ -1,0 +1,220 @@
+"""DETR: End-to-End Object Detection with Transformers (Carion et al., ECCV 2020).
+
+  images -> backbone (ResNet C5, or any registry model's last 'stage_i' map)
+         -> 1x1 input projection to d_model
+         -> transformer encoder (post-norm; the fixed sine position encoding
+            of the map is added to queries and keys at every layer)
+         -> transformer decoder over `num_queries` learned object queries
+            (zero content; the query embedding is added to queries and keys of
+            the self-attention and to the queries of the cross-attention at
+            every layer; the encoder's position encoding to its keys)
+         -> one LayerNorm shared by every decoder layer's output
+         -> class head (C + 1, the last is "no object") and a 3-layer MLP box
+            head (cx, cy, w, h, sigmoid), shared by all layers (auxiliary
+            outputs of the intermediate layers, Sec. 3.2).
+
+Returns (logits [B, Q, C + 1], out) with out['boxes'] [B, Q, 4] and
+out['aux'] = [{'logits', 'boxes'}] of the first L - 1 decoder layers (empty
+without `aux_loss`), plus 'stem', 'stage_i' (backbone maps), 'encoded' (the
+encoder memory [B, HW, D]) and 'pre_logits' (normed decoder output [B, Q, D]).
+The interface of vitjax.tasks.detection.
+
+Named sizes (paper Table 1; 91 COCO class ids as the released checkpoints):
+  detr_resnet50   ResNet-50,  d 256, 8 heads, 6 + 6 layers, FFN 2048, 100 queries: 41M
+  detr_resnet101  ResNet-101, same transformer: 60M
+  detr_tiny       a small basic-block ResNet, d 64, 2 + 2 layers (tests, shapes set).
+
+The backbone's BatchNorm is frozen (running statistics, as the paper and HF)
+unless `backbone_train_bn` (from-scratch training on small data).
+"""
+
+from typing import Any, Dict, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vitjax.errors import UserError
+from vitjax.models.layers import Mlp, dot_product_attention, sine_posemb_2d
+from vitjax.models.registry import create_model, register_model
+from vitjax.models.resnet import ResNet
+
+
+class DetrAttention(nn.Module):
+  """Multi-head attention with separate q / k / v / out projections
+  (position encodings are added to the q / k inputs by the caller)."""
+  dim: int
+  num_heads: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, q, k, v, deterministic: bool = True):
+    h, d = self.num_heads, self.dim // self.num_heads
+    proj = lambda name, x: nn.Dense(self.dim, dtype=self.dtype, name=name)(x).reshape(
+        x.shape[:2] + (h, d))
+    drop = (None if deterministic or not self.dropout else
+            lambda w: nn.Dropout(self.dropout)(w, deterministic=False))
+    o = dot_product_attention(proj("q_proj", q), proj("k_proj", k), proj("v_proj", v),
+                              dropout_fn=drop)
+    return nn.Dense(self.dim, dtype=self.dtype, name="o_proj")(o.reshape(q.shape[:2] + (-1,)))
+
+
+class EncoderLayer(nn.Module):
+  """Post-norm self-attention + FFN, position added to q and k."""
+  dim: int
+  num_heads: int
+  ffn_dim: int
+  dropout: float = 0.1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, pos, deterministic: bool = True):
+    qk = x + pos
+    y = DetrAttention(self.dim, self.num_heads, self.dropout, self.dtype,
+                      name="self_attn")(qk, qk, x, deterministic)
+    x = x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
+    x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="self_attn_layer_norm")(x)
+    y = Mlp(self.ffn_dim, dropout=self.dropout, act=nn.relu, dtype=self.dtype, name="mlp")(
+        x, deterministic)
+    return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="final_layer_norm")(x + y)
+
+
+class DecoderLayer(nn.Module):
+  """Post-norm self-attention, cross-attention to the memory, FFN."""
+  dim: int
+  num_heads: int
+  ffn_dim: int
+  dropout: float = 0.1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, query_pos, memory, pos, deterministic: bool = True):
+    ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)
+    drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=deterministic)
+    qk = x + query_pos
+    y = DetrAttention(self.dim, self.num_heads, self.dropout, self.dtype,
+                      name="self_attn")(qk, qk, x, deterministic)
+    x = ln("self_attn_layer_norm")(x + drop(y))
+    y = DetrAttention(self.dim, self.num_heads, self.dropout, self.dtype,
+                      name="encoder_attn")(x + query_pos, memory + pos, memory, deterministic)
+    x = ln("encoder_attn_layer_norm")(x + drop(y))
+    y = Mlp(self.ffn_dim, dropout=self.dropout, act=nn.relu, dtype=self.dtype, name="mlp")(
+        x, deterministic)
+    return ln("final_layer_norm")(x + y)
+
+
+class BoxHead(nn.Module):
+  """`num_layers` Dense layers with ReLU between; the last gives 4 box numbers."""
+  dim: int
+  num_layers: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(self.num_layers):
+      x = nn.Dense(4 if i == self.num_layers - 1 else self.dim, dtype=self.dtype,
+                   name=f"layers_{i}")(x)
+      x = nn.relu(x) if i < self.num_layers - 1 else x
+    return x
+
+
+class DETR(nn.Module):
+  """DETR detector (see the module docstring).
+
+  num_classes: object classes C (the class head has C + 1 outputs).
+  backbone: ResNet keyword arguments (default ResNet-50), or with
+    `backbone_name` any registry model's keyword arguments.
+  backbone_name: '' for vitjax.models.resnet.ResNet, else a registry name
+    whose `out` holds 'stage_i' NHWC maps (the last one is used).
+  backbone_train_bn: update the backbone's BatchNorm statistics in training.
+  """
+  num_classes: int = 91
+  backbone: Optional[Dict[str, Any]] = None
+  backbone_name: str = ""
+  backbone_train_bn: bool = False
+  hidden_dim: int = 256
+  num_heads: int = 8
+  encoder_layers: int = 6
+  decoder_layers: int = 6
+  ffn_dim: int = 2048
+  num_queries: int = 100
+  dropout: float = 0.1
+  aux_loss: bool = True
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.hidden_dim % self.num_heads or self.hidden_dim % 4:
+      raise UserError(f"DETR hidden_dim={self.hidden_dim} must be a multiple of num_heads="
+                      f"{self.num_heads} and of 4 (the sine encoding), e.g. "
+                      f"{self.hidden_dim - self.hidden_dim % (4 * self.num_heads) or 4 * self.num_heads}.")
+    if self.num_queries < 1 or self.decoder_layers < 1 or self.encoder_layers < 0:
+      raise UserError(f"DETR needs num_queries >= 1 and decoder_layers >= 1 (got "
+                      f"{self.num_queries}, {self.decoder_layers}).")
+
+  def _backbone(self):
+    kw = dict(self.backbone or {})
+    if self.backbone_name:
+      return create_model(self.backbone_name, **{"num_classes": 0, **kw})
+    kw.setdefault("depth", 50)
+    return ResNet(**{"num_classes": 0, **kw}, name="backbone")
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    det = not train
+    bb = self._backbone()
+    _, out = bb(images, train=train and self.backbone_train_bn)
+    out = {k: v for k, v in out.items() if k == "stem" or k.startswith("stage_")}
+    last = max((k for k in out if k.startswith("stage_")), key=lambda k: int(k[6:]))
+    fmap = out[last]
+    b, h, w, _ = fmap.shape
+    d = self.hidden_dim
+    x = nn.Conv(d, (1, 1), dtype=self.dtype, name="input_projection")(fmap).reshape(b, h * w, d)
+    pos = sine_posemb_2d(h, w, d)[None].astype(self.dtype)
+    for i in range(self.encoder_layers):
+      x = EncoderLayer(d, self.num_heads, self.ffn_dim, self.dropout, self.dtype,
+                       name=f"encoder_{i}")(x, pos, det)
+    out["encoded"] = x
+    query_pos = self.param("query_position_embeddings", nn.initializers.normal(1.0),
+                           (self.num_queries, d))
+    query_pos = jnp.broadcast_to(query_pos.astype(self.dtype)[None], (b, self.num_queries, d))
+    tgt = jnp.zeros_like(query_pos)
+    norm = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="decoder_layernorm")
+    cls_head = nn.Dense(self.num_classes + 1, dtype=self.dtype, name="class_labels_classifier")
+    box_head = BoxHead(d, 3, self.dtype, name="bbox_predictor")
+    predictions = []
+    for i in range(self.decoder_layers):
+      tgt = DecoderLayer(d, self.num_heads, self.ffn_dim, self.dropout, self.dtype,
+                         name=f"decoder_{i}")(tgt, query_pos, x, pos, det)
+      if self.aux_loss or i == self.decoder_layers - 1:
+        hs = norm(tgt)
+        predictions.append((hs, cls_head(hs).astype(jnp.float32),
+                            jax.nn.sigmoid(box_head(hs).astype(jnp.float32))))
+    hs, logits, boxes = predictions[-1]
+    out["pre_logits"] = hs
+    out["boxes"] = boxes
+    out["aux"] = [{"logits": lg, "boxes": bx} for _, lg, bx in predictions[:-1]]
+    return logits, out
+
+
+# Paper Table 1 (COCO; 91 class ids as in the released checkpoints).
+_BASE = dict(num_classes=91, hidden_dim=256, num_heads=8, encoder_layers=6, decoder_layers=6,
+             ffn_dim=2048, num_queries=100, dropout=0.1)
+
+
+def _make(base, backbone):
+  def factory(**overrides):
+    kw = dict(base, backbone=backbone)
+    kw.update(overrides)
+    return DETR(**kw)
+  return factory
+
+
+register_model(_make(_BASE, dict(depth=50)), name="detr_resnet50")
+register_model(_make(_BASE, dict(depth=101)), name="detr_resnet101")
+register_model(_make(dict(num_classes=3, hidden_dim=64, num_heads=4, encoder_layers=2,
+                          decoder_layers=2, ffn_dim=128, num_queries=20, dropout=0.0),
+                     dict(block="basic", stage_depths=(1, 1, 1), stage_widths=(32, 64, 128),
+                          stem_width=32, small_stem=False)),
+               name="detr_tiny")
