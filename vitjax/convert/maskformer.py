@@ -1,0 +1,139 @@
+"""MaskFormer weights from Hugging Face transformers -> vitjax.
+
+`hf_maskformer_to_vitjax(state_dict, config=None, **overrides)` converts a
+`MaskFormerForInstanceSegmentation` state dict with a Swin backbone
+(MaskFormer-Swin) into `(params, model_kwargs)` for
+`vitjax.models.maskformer.MaskFormer`.
+
+Mapping (HF -> vitjax):
+  model.pixel_level_module.encoder.model.*     -> backbone (vitjax.convert.swin)
+  ...encoder.hidden_states_norms.{i}           -> stage_norm_{i}
+  ...decoder.fpn.stem.0 / .1                   -> pixel_decoder/stem/conv, norm (GroupNorm)
+  ...decoder.fpn.layers.{i}.proj.0/.1          -> pixel_decoder/layer_{i}_proj/conv, norm
+  ...decoder.fpn.layers.{i}.block.0/.1         -> pixel_decoder/layer_{i}_block/conv, norm
+  ...decoder.mask_projection                   -> pixel_decoder/mask_projection
+  model.transformer_module.queries_embedder    -> query_embed
+  model.transformer_module.input_projection    -> input_projection
+  ...decoder.layers.{i}.self_attn / encoder_attn.{q,k,v,o}_proj
+                                               -> decoder_layer_{i}/self_attn / cross_attn
+  ...self_attn_layer_norm / encoder_attn_layer_norm / final_layer_norm
+                                               -> self_attn_norm / cross_attn_norm / final_norm
+  ...mlp.fc1 / fc2                             -> fc1 / fc2
+  ...decoder.layernorm                         -> decoder_norm
+  class_predictor                              -> class_head
+  mask_embedder.{i}.0                          -> mask_embed_{i}
+The decoder's head count is not in the weights: it comes from the config
+(decoder_config.decoder_attention_heads) or num_heads=. Not supported
+(UserError): other backbones (ResNet / timm) than Swin.
+"""
+
+import re
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from vitjax.convert.common import (StateDict, cast_params, conv_to_flax, count_indexed,
+                                   flatten_params, layernorm_to_flax, linear_to_dense,
+                                   load_state_dict, unflatten_params)
+from vitjax.convert.swin import hf_swin_to_vitjax
+from vitjax.errors import UserError
+
+_ENC = "model.pixel_level_module.encoder."
+_PIX = "model.pixel_level_module.decoder."
+_TR = "model.transformer_module."
+
+
+def _config_dict(config) -> Dict[str, Any]:
+  if config is None:
+    return {}
+  if hasattr(config, "to_dict"):
+    return config.to_dict()
+  return dict(config)
+
+
+def hf_maskformer_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **overrides
+                            ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """HF MaskFormer (Swin backbone) state dict (+ config) -> (params, model_kwargs)."""
+  sd = load_state_dict(state_dict)
+  cfg = _config_dict(config)
+  what = "HF MaskFormer"
+  if _TR + "queries_embedder.weight" not in sd:
+    raise UserError(f"Not a {what} state dict: no {_TR}queries_embedder.weight.")
+  bb_prefix = _ENC + "model."
+  if bb_prefix + "embeddings.patch_embeddings.projection.weight" not in sd:
+    raise UserError(f"{what}: only Swin backbones are supported (no "
+                    f"{bb_prefix}embeddings.patch_embeddings.projection.weight).")
+  backbone_sd = {k[len(bb_prefix):]: v for k, v in sd.items() if k.startswith(bb_prefix)}
+  bb_params, bb_kwargs = hf_swin_to_vitjax(backbone_sd)
+  flat = {f"backbone/{k}": v for k, v in flatten_params(bb_params).items()}
+  rest = {k: v for k, v in sd.items() if not k.startswith(bb_prefix)}
+  s = StateDict(rest, what)
+
+  def put(name, tree):
+    for k, v in tree.items():
+      flat[f"{name}/{k}"] = v
+
+  def ln(name):
+    return layernorm_to_flax(s.take(name + ".weight"), s.take(name + ".bias"))
+
+  num_stages = len(bb_kwargs["depths"])
+  for i in range(num_stages):
+    put(f"stage_norm_{i}", ln(_ENC + f"hidden_states_norms.{i}"))
+
+  def conv_gn(name, hf):
+    put(f"pixel_decoder/{name}/conv", conv_to_flax(s.take(hf + ".0.weight")))
+    put(f"pixel_decoder/{name}/norm", ln(hf + ".1"))
+
+  conv_gn("stem", _PIX + "fpn.stem")
+  for i in range(count_indexed(rest, re.escape(_PIX + "fpn.layers.") + r"(\d+)\.")):
+    conv_gn(f"layer_{i}_proj", _PIX + f"fpn.layers.{i}.proj")
+    conv_gn(f"layer_{i}_block", _PIX + f"fpn.layers.{i}.block")
+  w = s.take(_PIX + "mask_projection.weight")
+  put("pixel_decoder/mask_projection", conv_to_flax(w, s.take(_PIX + "mask_projection.bias")))
+  fpn_dim, mask_dim = int(w.shape[1]), int(w.shape[0])
+
+  queries = s.take(_TR + "queries_embedder.weight")
+  flat["query_embed"] = queries
+  if s.has(_TR + "input_projection.weight"):
+    put("input_projection", conv_to_flax(s.take(_TR + "input_projection.weight"),
+                                         s.take(_TR + "input_projection.bias")))
+  layers = count_indexed(rest, re.escape(_TR + "decoder.layers.") + r"(\d+)\.")
+  ffn_dim = None
+  for i in range(layers):
+    p, t = _TR + f"decoder.layers.{i}.", f"decoder_layer_{i}"
+    for hf, ours in (("self_attn", "self_attn"), ("encoder_attn", "cross_attn")):
+      for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        put(f"{t}/{ours}/{proj}", linear_to_dense(s.take(p + f"{hf}.{proj}.weight"),
+                                                  s.take(p + f"{hf}.{proj}.bias")))
+    put(f"{t}/self_attn_norm", ln(p + "self_attn_layer_norm"))
+    put(f"{t}/cross_attn_norm", ln(p + "encoder_attn_layer_norm"))
+    put(f"{t}/final_norm", ln(p + "final_layer_norm"))
+    w1 = s.take(p + "mlp.fc1.weight")
+    put(f"{t}/fc1", linear_to_dense(w1, s.take(p + "mlp.fc1.bias")))
+    put(f"{t}/fc2", linear_to_dense(s.take(p + "mlp.fc2.weight"), s.take(p + "mlp.fc2.bias")))
+    ffn_dim = int(w1.shape[0])
+  put("decoder_norm", ln(_TR + "decoder.layernorm"))
+  put("class_head", linear_to_dense(s.take("class_predictor.weight"),
+                                    s.take("class_predictor.bias")))
+  for i in range(3):
+    put(f"mask_embed_{i}", linear_to_dense(s.take(f"mask_embedder.{i}.0.weight"),
+                                           s.take(f"mask_embedder.{i}.0.bias")))
+  s.finish(ignore=[r"^criterion\.", r"\.num_batches_tracked$"])
+
+  dec = cfg.get("decoder_config") or {}
+  heads = overrides.pop("num_heads", dec.get("decoder_attention_heads"))
+  if heads is None:
+    raise UserError(f"{what}: the decoder's head count is not stored in the weights; pass "
+                    "the model's config (config=...) or num_heads=...")
+  bb_kwargs.pop("num_classes", None)
+  kwargs = dict(
+      num_classes=int(flat["class_head/bias"].shape[0]) - 1,
+      backbone="swin_tiny_patch4_window7_224", backbone_kwargs=bb_kwargs, stage_norms=True,
+      num_queries=int(queries.shape[0]), hidden_dim=int(queries.shape[1]), fpn_dim=fpn_dim,
+      mask_dim=mask_dim, decoder_layers=int(layers), num_heads=int(heads),
+      ffn_dim=int(ffn_dim), dropout=0.0)
+  kwargs.update(overrides)
+  return cast_params(unflatten_params(flat), param_dtype), kwargs
+
+
+__all__ = ["hf_maskformer_to_vitjax"]
