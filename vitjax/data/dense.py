@@ -21,6 +21,8 @@ Settings in config.task_kwargs (all optional):
   num_train_images / num_eval_images  shapes only (2000 / 500).
   shapes_image_size  side of the generated shapes (config.input.image_size).
   shapes_max_objects / shapes_size_range  see vitjax.data.shapes.
+  shapes_labels      'semantic' (class ids) or 'panoptic': class + 16 * instance
+                     id (1..K, 0 for background) per pixel (mask classification).
   scale_range        random resize factor range for training ((0.5, 2.0)).
   color_jitter       brightness / contrast / saturation strength (0.2; 0 off).
 
@@ -46,6 +48,7 @@ from vitjax.data import shapes
 from vitjax.errors import UserError
 
 SHAPES_CLASSES = ("background",) + shapes.CLASS_NAMES
+PANOPTIC_STRIDE = 16
 _MASK_CHECK = "vitjax-dense: image and mask sizes differ"
 _EMPTY_CHECK = "vitjax-dense: empty image"
 
@@ -55,8 +58,14 @@ def _opt(config, key, default):
   return kw.get(key, default) if hasattr(kw, "get") else default
 
 
-def _shapes_arrays(split, n, seed, size, max_objects, size_range):
-  return shapes.as_arrays(shapes.generate(split, n, seed, size, max_objects, size_range))
+def _shapes_arrays(split, n, seed, size, max_objects, size_range, labels="semantic"):
+  records = shapes.generate(split, n, seed, size, max_objects, size_range)
+  images, masks = shapes.as_arrays(records)
+  if labels == "panoptic":  # class + PANOPTIC_STRIDE * instance id (1..K; 0: background)
+    for m, r in zip(masks, records):
+      for k, inst in enumerate(r["instance_masks"]):
+        m[inst] += PANOPTIC_STRIDE * (k + 1)
+  return images, masks
 
 
 _CACHE = {}
@@ -86,8 +95,13 @@ def _shapes_source(config) -> ip._Source:  # pylint: disable=protected-access
     raise UserError(f"config.dataset.eval_split={eval_split!r}: the shapes set has "
                     "'validation' and 'test' for evaluation.")
   size = int(_opt(config, "shapes_image_size", config.input.image_size))
-  extra = (config.seed, size, int(_opt(config, "shapes_max_objects", 4)),
-           tuple(_opt(config, "shapes_size_range", (0.1, 0.25))))
+  labels = _opt(config, "shapes_labels", "semantic")
+  max_objects = int(_opt(config, "shapes_max_objects", 4))
+  if labels not in ("semantic", "panoptic") or (labels == "panoptic" and max_objects > 15):
+    raise UserError(f"config.task_kwargs.shapes_labels={labels!r} with shapes_max_objects="
+                    f"{max_objects}: use 'semantic', or 'panoptic' with at most 15 objects.")
+  extra = (config.seed, size, max_objects,
+           tuple(_opt(config, "shapes_size_range", (0.1, 0.25))), labels)
   n_train = _opt(config, "num_train_images", 2000)
   n_eval = _opt(config, "num_eval_images", 500)
   # The data set is fixed by seed 0 offsets of config.seed: train and eval
