@@ -14,11 +14,8 @@ Mapping (HF -> vitjax):
   ...decoder.mask_projection                   -> pixel_decoder/mask_projection
   model.transformer_module.queries_embedder    -> query_embed
   model.transformer_module.input_projection    -> input_projection
-  ...decoder.layers.{i}.self_attn / encoder_attn.{q,k,v,o}_proj
-                                               -> decoder_layer_{i}/self_attn / cross_attn
-  ...self_attn_layer_norm / encoder_attn_layer_norm / final_layer_norm
-                                               -> self_attn_norm / cross_attn_norm / final_norm
-  ...mlp.fc1 / fc2                             -> fc1 / fc2
+  ...decoder.layers.{i}.*                      -> decoder_layer_{i}/* (same names;
+                                                  vitjax.models.detr.DecoderLayer)
   ...decoder.layernorm                         -> decoder_norm
   class_predictor                              -> class_head
   mask_embedder.{i}.0                          -> mask_embed_{i}
@@ -101,16 +98,16 @@ def hf_maskformer_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, 
   ffn_dim = None
   for i in range(layers):
     p, t = _TR + f"decoder.layers.{i}.", f"decoder_layer_{i}"
-    for hf, ours in (("self_attn", "self_attn"), ("encoder_attn", "cross_attn")):
+    for name in ("self_attn", "encoder_attn"):
       for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-        put(f"{t}/{ours}/{proj}", linear_to_dense(s.take(p + f"{hf}.{proj}.weight"),
-                                                  s.take(p + f"{hf}.{proj}.bias")))
-    put(f"{t}/self_attn_norm", ln(p + "self_attn_layer_norm"))
-    put(f"{t}/cross_attn_norm", ln(p + "encoder_attn_layer_norm"))
-    put(f"{t}/final_norm", ln(p + "final_layer_norm"))
+        put(f"{t}/{name}/{proj}", linear_to_dense(s.take(p + f"{name}.{proj}.weight"),
+                                                  s.take(p + f"{name}.{proj}.bias")))
+    for name in ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"):
+      put(f"{t}/{name}", ln(p + name))
     w1 = s.take(p + "mlp.fc1.weight")
-    put(f"{t}/fc1", linear_to_dense(w1, s.take(p + "mlp.fc1.bias")))
-    put(f"{t}/fc2", linear_to_dense(s.take(p + "mlp.fc2.weight"), s.take(p + "mlp.fc2.bias")))
+    put(f"{t}/mlp/fc1", linear_to_dense(w1, s.take(p + "mlp.fc1.bias")))
+    put(f"{t}/mlp/fc2", linear_to_dense(s.take(p + "mlp.fc2.weight"),
+                                        s.take(p + "mlp.fc2.bias")))
     ffn_dim = int(w1.shape[0])
   put("decoder_norm", ln(_TR + "decoder.layernorm"))
   put("class_head", linear_to_dense(s.take("class_predictor.weight"),

@@ -10,7 +10,7 @@ predict a class (C classes + "no object") and a binary mask.
     + ReLU; then, from coarse to fine, each lateral map -> 1x1 conv + GN, plus
     the coarser output upsampled (nearest) -> 3x3 conv + GN + ReLU; the 1/4 map
     -> 3x3 conv -> per-pixel embeddings E_pixel [B, H/4, W/4, C_E]
-  transformer decoder (DETR, post-norm): N learned query positions, zero
+  transformer decoder (DETR's post-norm DecoderLayer from detr.py): N learned query positions, zero
     targets; per layer self-attention (queries + positions as q/k),
     cross-attention to the (1x1-projected) last backbone map with 2D sine
     positions on the keys, ReLU FFN; a shared final LayerNorm
@@ -29,7 +29,6 @@ Parity with HF needs every Swin stage map larger than the window (HF's
 MaskFormer-Swin pads instead of clamping the window, see swin.py).
 """
 
-import math
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -38,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.errors import UserError
-from vitjax.models.layers import dot_product_attention
+from vitjax.models.detr import DecoderLayer
+from vitjax.models.layers import sine_posemb_2d
 from vitjax.models.registry import create_model, register_model
 
 _XAVIER = nn.initializers.xavier_uniform()
@@ -53,68 +53,6 @@ def resize_nearest_torch(x, height: int, width: int, axes=(1, 2)):
       idx = np.minimum(np.floor(np.arange(out) * (n / out)).astype(np.int64), n - 1)
       x = jnp.take(x, jnp.asarray(idx), axis=axis)
   return x
-
-
-def sine_position_embedding(h: int, w: int, dim: int, temperature: float = 10_000.0):
-  """DETR's normalised 2D sine embedding [h*w, dim] (y half, then x half;
-  interleaved sin / cos), positions (1..n) / n * 2 pi."""
-  npf = dim // 2
-  eps, scale = 1e-6, 2 * math.pi
-  y = np.arange(1, h + 1, dtype=np.float32) / (h + eps) * scale
-  x = np.arange(1, w + 1, dtype=np.float32) / (w + eps) * scale
-  dim_t = temperature ** (2 * (np.arange(npf) // 2) / npf)
-  def enc(p):
-    p = p[:, None] / dim_t
-    return np.stack([np.sin(p[:, 0::2]), np.cos(p[:, 1::2])], -1).reshape(len(p), -1)
-  py, px = enc(y), enc(x)
-  pos = np.concatenate([np.repeat(py[:, None], w, 1), np.repeat(px[None], h, 0)], -1)
-  return jnp.asarray(pos.reshape(h * w, 2 * npf), jnp.float32)
-
-
-class MultiHeadAttention(nn.Module):
-  """Attention with separate query / key / value inputs (DETR): q_proj, k_proj,
-  v_proj, o_proj over [B, N, D] and [B, M, D]."""
-  num_heads: int
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, q, k, v, deterministic: bool = True):
-    d = q.shape[-1]
-    hd = d // self.num_heads
-    dense = lambda name: nn.Dense(d, dtype=self.dtype, kernel_init=_XAVIER, name=name)
-    split = lambda t: t.reshape(t.shape[0], t.shape[1], self.num_heads, hd)
-    drop = nn.Dropout(self.dropout)
-    dropping = self.dropout > 0 and not deterministic
-    out = dot_product_attention(
-        split(dense("q_proj")(q)), split(dense("k_proj")(k)), split(dense("v_proj")(v)),
-        dropout_fn=(lambda a: drop(a, deterministic=False)) if dropping else None)
-    return dense("o_proj")(out.reshape(q.shape))
-
-
-class DetrDecoderLayer(nn.Module):
-  """Post-norm DETR decoder layer: self-attn, cross-attn, ReLU FFN, each
-  followed by residual + LayerNorm."""
-  num_heads: int
-  ffn_dim: int
-  dropout: float = 0.1
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, tgt, query_pos, memory, memory_pos, deterministic: bool = True):
-    drop = lambda t: nn.Dropout(self.dropout)(t, deterministic=deterministic)
-    ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)
-    q = tgt + query_pos
-    y = MultiHeadAttention(self.num_heads, self.dropout, self.dtype, name="self_attn")(
-        q, q, tgt, deterministic)
-    tgt = ln("self_attn_norm")(tgt + drop(y))
-    y = MultiHeadAttention(self.num_heads, self.dropout, self.dtype, name="cross_attn")(
-        tgt + query_pos, memory + memory_pos, memory, deterministic)
-    tgt = ln("cross_attn_norm")(tgt + drop(y))
-    y = nn.Dense(self.ffn_dim, dtype=self.dtype, kernel_init=_XAVIER, name="fc1")(tgt)
-    y = nn.Dense(tgt.shape[-1], dtype=self.dtype, kernel_init=_XAVIER, name="fc2")(
-        drop(nn.relu(y)))
-    return ln("final_norm")(tgt + drop(y))
 
 
 class ConvGN(nn.Module):
@@ -220,7 +158,7 @@ class MaskFormer(nn.Module):
       mem = nn.Conv(self.hidden_dim, (1, 1), dtype=self.dtype, kernel_init=_XAVIER,
                     name="input_projection")(mem)
     mem = mem.reshape(b, h * w, self.hidden_dim)
-    mem_pos = sine_position_embedding(h, w, self.hidden_dim)[None].astype(mem.dtype)
+    mem_pos = sine_posemb_2d(h, w, self.hidden_dim)[None].astype(mem.dtype)
     query_pos = self.param("query_embed", nn.initializers.normal(1.0),
                            (self.num_queries, self.hidden_dim))
     query_pos = jnp.broadcast_to(query_pos.astype(mem.dtype)[None],
@@ -241,9 +179,9 @@ class MaskFormer(nn.Module):
 
     aux = []
     for i in range(self.decoder_layers):
-      tgt = DetrDecoderLayer(self.num_heads, self.ffn_dim, self.dropout, self.dtype,
-                             name=f"decoder_layer_{i}")(tgt, query_pos, mem, mem_pos,
-                                                         deterministic)
+      tgt = DecoderLayer(self.hidden_dim, self.num_heads, self.ffn_dim, self.dropout,
+                         self.dtype, name=f"decoder_layer_{i}")(tgt, query_pos, mem, mem_pos,
+                                                                deterministic)
       if i < self.decoder_layers - 1:
         logits, masks = predict(final_norm(tgt))
         aux.append({"logits": logits, "masks": masks})
