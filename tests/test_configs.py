@@ -33,7 +33,9 @@ CASES = [("quickstart", None), ("tome_digits", None)] + [
     ("crossvit_digits", None), ("crossvit_tiny", None), ("crossvit_tiny", "15_dagger"),
     ("lvvit_digits", None), ("lvvit_s", None), ("lvvit_s", "m"),
     ("nat_digits", None), ("nat_digits", "dinat"), ("nat_mini", None), ("nat_mini", "dinat"),
-    ("deit_digits", None), ("deit_digits", "soft"), ("deit_digits", "none")]
+    ("deit_digits", None), ("deit_digits", "soft"), ("deit_digits", "none"),
+    ("deformable_detr_shapes", None), ("deformable_detr_shapes", "tiny"),
+    ("conditional_detr_shapes", None), ("conditional_detr_shapes", "tiny")]
 
 
 def load(name, arg):
