@@ -25,8 +25,8 @@ def get_config(arg=None):
   c = digits_recipe("dino_vit_quickstart", num_epochs=60, learning_rate=1e-3)
   c.task = "dino"
   c.task_kwargs = dino_kwargs(
-      global_size=16, local_size=8, num_local_crops=6, flip=False, blur=False,
-      momentum_teacher=0.99)
+      global_size=16, local_size=8, num_local_crops=4, local_scale=(0.2, 0.5), flip=False,
+      blur=False, momentum_teacher=0.99, warmup_teacher_temp=0.04, teacher_temp=0.04)
   c.label_smoothing = 0.0
   c.optimizer.weight_decay = 0.04
   c.optimizer.grad_clip_norm = 3.0   # the paper's clip_grad

@@ -15,6 +15,10 @@ intermediates that vitjax's attention layers sow) and writes into --out
                   0.5 * mean-over-heads + 0.5 * identity, rows renormalised,
                   multiplied through the layers (global-attention models);
   attention.npz - the raw weights.
+`--mode=cls_heads` writes only cls_heads.png: the input and, per head, the
+class token's attention to the patches in the last layer over the image
+(DINO's Fig. 1 / 3 pictures), e.g. for a DINO run:
+  python -m vitjax.tools.attention --workdir=/tmp/dino_digits --index=0 --mode=cls_heads
 """
 
 import argparse
@@ -75,8 +79,8 @@ def _overlay(ax, image, heat, title):
   ax.axis("off")
 
 
-def render(workdir, out_dir, image_path=None, index=0):
-  """Writes the PNGs and the .npz; returns the list of files written."""
+def render(workdir, out_dir, image_path=None, index=0, mode="all"):
+  """Writes the PNGs and the .npz (mode 'all') or cls_heads.png; returns the files."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -111,6 +115,24 @@ def render(workdir, out_dir, image_path=None, index=0):
                     "are not softmax attention over tokens); nothing to draw.")
   prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
   os.makedirs(out_dir, exist_ok=True)
+  if mode == "cls_heads":
+    name, w = layers[-1]
+    maps = token_map(w, prefix) if prefix and w.shape[-1] == w.shape[-2] else None
+    if maps is None:
+      raise UserError(f"--mode=cls_heads needs a class token attending over a square patch "
+                      f"grid in the last layer ({config.model_name}: {name} {w.shape}).")
+    fig, axes = plt.subplots(1, maps.shape[0] + 1, figsize=(2.2 * (maps.shape[0] + 1), 2.4),
+                             squeeze=False)
+    axes[0, 0].imshow(shown)
+    axes[0, 0].axis("off")
+    axes[0, 0].set_title("input", fontsize=8)
+    for h in range(maps.shape[0]):
+      _overlay(axes[0, h + 1], shown, maps[h], f"{name} head {h}")
+    path = os.path.join(out_dir, "cls_heads.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]
   written = []
   for li, (name, w) in enumerate(layers):
     maps = token_map(w, prefix if w.shape[-1] == w.shape[-2] else 0)
@@ -153,10 +175,12 @@ def main(argv=None):
   ap.add_argument("--image", default=None, help="an image file (default: --index)")
   ap.add_argument("--index", type=int, default=0, help="image of the eval split")
   ap.add_argument("--out", default=None, help="output folder (default WORKDIR/attention)")
+  ap.add_argument("--mode", default="all", choices=["all", "cls_heads"],
+                  help="all: every layer + rollout; cls_heads: the last layer's heads only")
   args = ap.parse_args(argv)
   try:
     files = render(args.workdir, args.out or os.path.join(args.workdir, "attention"),
-                   args.image, args.index)
+                   args.image, args.index, args.mode)
   except UserError as e:
     sys.stderr.write(f"vitjax error: {e}\n")
     sys.exit(2)
