@@ -29,6 +29,10 @@ TASKS["dino"] = DinoTask
 TASKS["moco_v3"] = MocoV3Task
 TASKS["simmim"] = SimMimTask
 
+from vitjax.tasks.mask_classification import MaskClassificationTask  # noqa: E402
+
+TASKS["mask_classification"] = MaskClassificationTask
+
 
 def get_task(name: str):
   if name not in TASKS:
