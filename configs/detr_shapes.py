@@ -39,7 +39,7 @@ def get_config(arg=None):
   c.input.image_size = 64
   c.input.flip = True
   c.batch_size = 32
-  c.eval_batch_size = 100
+  c.eval_batch_size = 40
   c.total_steps = 3000
   c.optimizer.update(learning_rate=5e-4, weight_decay=1e-4, warmup_steps=100,
                      grad_clip_norm=0.1)
