@@ -80,8 +80,9 @@ def hf_conditional_detr_to_vitjax(src, config=None, **overrides):
     p.dense(f"decoder_{i}/mlp/fc1", t + "mlp.fc1")
     p.dense(f"decoder_{i}/mlp/fc2", t + "mlp.fc2")
   p.norm("decoder_norm", "model.decoder.layernorm")
-  p.box_head("query_scale", "model.decoder.query_scale")
-  p.box_head("ref_point_head", "model.decoder.ref_point_head")
+  for head in ("query_scale", "ref_point_head"):  # 2-layer MLPs (vitjax Mlp: fc1, fc2)
+    p.dense(f"{head}/fc1", f"model.decoder.{head}.layers.0")
+    p.dense(f"{head}/fc2", f"model.decoder.{head}.layers.1")
   p.dense("class_embed", "class_labels_classifier")
   if p.box_head("bbox_embed", "bbox_predictor") != 3:
     raise UserError(f"{WHAT}: the box head is not a 3-layer MLP.")

@@ -41,29 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.errors import UserError
-from vitjax.models.deformable_detr import (BoxHead, FeedForward, MultiHeadAttention,
-                                           inverse_sigmoid, sine_embed, sine_position_map)
-from vitjax.models.layers import dot_product_attention
+from vitjax.models.deformable_detr import inverse_sigmoid, sine_embed
+from vitjax.models.detr import BoxHead, EncoderLayer
+from vitjax.models.layers import Mlp, dot_product_attention, sine_posemb_2d
 from vitjax.models.registry import register_model
 from vitjax.models.resnet import ResNet
-
-
-class EncoderLayer(nn.Module):
-  """DETR's post-norm encoder layer: LN(x + SelfAttn(q = k = x + pos, v = x)), LN(x + FFN(x))."""
-  num_heads: int
-  ffn_dim: int
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, pos, deterministic: bool = True):
-    drop = nn.Dropout(self.dropout)
-    y = MultiHeadAttention(self.num_heads, dtype=self.dtype, name="self_attn")(
-        x + pos, x + pos, x, deterministic)
-    x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="self_attn_layer_norm")(
-        x + drop(y, deterministic=deterministic))
-    y = FeedForward(self.ffn_dim, self.dropout, self.dtype, name="mlp")(x, deterministic)
-    return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="final_layer_norm")(x + y)
 
 
 class ConditionalCrossAttention(nn.Module):
@@ -129,7 +111,8 @@ class DecoderLayer(nn.Module):
     y = ConditionalCrossAttention(self.num_heads, self.first, self.dtype, name="encoder_attn")(
         x, memory, memory_pos, query_sine, query_pos if self.first else None)
     x = ln("encoder_attn_layer_norm")(x + drop(y, deterministic=deterministic))
-    y = FeedForward(self.ffn_dim, self.dropout, self.dtype, name="mlp")(x, deterministic)
+    y = Mlp(self.ffn_dim, dropout=self.dropout, act=nn.relu, dtype=self.dtype, name="mlp")(
+        x, deterministic)
     return ln("final_layer_norm")(x + y)
 
 
@@ -174,21 +157,22 @@ class ConditionalDETR(nn.Module):
     c5 = bb_out[stages[-1]]
     b, h, w, _ = c5.shape
     src = nn.Conv(d, (1, 1), dtype=self.dtype, name="input_projection")(c5).reshape(b, h * w, d)
-    pos = jnp.broadcast_to(sine_position_map(h, w, d, offset=0.0)[None], (b, h * w, d))
+    pos = jnp.broadcast_to(sine_posemb_2d(h, w, d)[None], (b, h * w, d))
     pos = pos.astype(self.dtype)
 
     memory = nn.Dropout(self.dropout)(src, deterministic=det)
     for i in range(self.encoder_layers):
-      memory = EncoderLayer(self.num_heads, self.ffn_dim, self.dropout, self.dtype,
+      memory = EncoderLayer(d, self.num_heads, self.ffn_dim, self.dropout, self.dtype,
                             name=f"encoder_{i}")(memory, pos, det)
     out["encoded"] = memory
 
     query_pos = self.param("query_embed", nn.initializers.normal(1.0), (self.num_queries, d))
     query_pos = jnp.broadcast_to(query_pos[None], (b, self.num_queries, d)).astype(self.dtype)
-    reference = jax.nn.sigmoid(BoxHead(d, 2, 2, self.dtype, name="ref_point_head")(query_pos))
+    reference = jax.nn.sigmoid(Mlp(d, 2, act=nn.relu, dtype=self.dtype,
+                                   name="ref_point_head")(query_pos))
     # PE(s): the sine embedding of the reference point, (y, x) halves.
     sine = sine_embed(reference[..., ::-1] * 2 * np.pi, d // 2).astype(self.dtype)
-    query_scale = BoxHead(d, 2, d, self.dtype, name="query_scale")
+    query_scale = Mlp(d, d, act=nn.relu, dtype=self.dtype, name="query_scale")
     norm = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="decoder_norm")
     x, states = jnp.zeros_like(query_pos), []
     for i in range(self.decoder_layers):
@@ -200,7 +184,7 @@ class ConditionalDETR(nn.Module):
     class_head = nn.Dense(self.num_classes, dtype=self.dtype,
                           bias_init=nn.initializers.constant(-np.log((1 - 0.01) / 0.01)),
                           name="class_embed")
-    box_head = BoxHead(d, 3, 4, self.dtype, name="bbox_embed")
+    box_head = BoxHead(d, 3, self.dtype, name="bbox_embed")
     ref_logit = inverse_sigmoid(reference)
     preds = []
     for s in states:

@@ -48,7 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.errors import UserError
-from vitjax.models.layers import dot_product_attention
+from vitjax.models.detr import BoxHead, DetrAttention
+from vitjax.models.layers import Mlp, sine_posemb_2d
 from vitjax.models.layers.deformable_attention import MSDeformableAttention
 from vitjax.models.registry import register_model
 from vitjax.models.resnet import ResNet
@@ -69,65 +70,6 @@ def sine_embed(coords, num_feats: int, temperature: float = 10_000.0):
   return pos.reshape(pos.shape[:-3] + (-1,))
 
 
-def sine_position_map(h: int, w: int, dim: int, offset: float = 0.5):
-  """The normalised sine encoding of an h x w map, [h * w, dim] ((y, x) halves):
-  positions (i + 1 - offset) / n * 2 pi; offset 0.5 (pixel centres) in Deformable
-  DETR, 0 in DETR and Conditional DETR."""
-  eps = 1e-6
-  y = (np.arange(1, h + 1) - offset) / (h + eps) * 2 * np.pi
-  x = (np.arange(1, w + 1) - offset) / (w + eps) * 2 * np.pi
-  yy, xx = np.meshgrid(y, x, indexing="ij")
-  coords = jnp.asarray(np.stack([yy, xx], -1).reshape(h * w, 2), jnp.float32)
-  return sine_embed(coords, dim // 2)
-
-
-class MultiHeadAttention(nn.Module):
-  """softmax(q k^T / sqrt(d)) v with separate q/k/v/o projections ([B, N, D]),
-  as the attention of "Attention is all you need" and DETR's decoder."""
-  num_heads: int
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, q, k, v, deterministic: bool = True):
-    d = q.shape[-1]
-    dense = lambda name: nn.Dense(d, dtype=self.dtype, name=name)  # noqa: E731
-    split = lambda t: t.reshape(t.shape[:2] + (self.num_heads, d // self.num_heads))  # noqa: E731
-    drop = None
-    if self.dropout > 0 and not deterministic:
-      drop = lambda w: nn.Dropout(self.dropout)(w, deterministic=False)  # noqa: E731
-    out = dot_product_attention(split(dense("q_proj")(q)), split(dense("k_proj")(k)),
-                                split(dense("v_proj")(v)), dropout_fn=drop)
-    return dense("o_proj")(out.reshape(out.shape[:2] + (d,)))
-
-
-class FeedForward(nn.Module):
-  """Dense -> ReLU -> Dense, with dropout after each (DETR's FFN)."""
-  hidden_dim: int
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, deterministic: bool = True):
-    y = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x))
-    y = nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(y)
-    return nn.Dropout(self.dropout)(y, deterministic=deterministic)
-
-
-class BoxHead(nn.Module):
-  """The box MLP: `num_layers` Dense layers (ReLU between) -> `out_dim` numbers."""
-  hidden_dim: int
-  num_layers: int = 3
-  out_dim: int = 4
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    for i in range(self.num_layers - 1):
-      x = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"layers_{i}")(x))
-    return nn.Dense(self.out_dim, dtype=self.dtype, name=f"layers_{self.num_layers - 1}")(x)
-
-
 class EncoderLayer(nn.Module):
   """Post-norm: x = LN(x + MSDeformAttn(x + pos, x)); x = LN(x + FFN(x))."""
   num_heads: int
@@ -144,7 +86,8 @@ class EncoderLayer(nn.Module):
                               dtype=self.dtype, name="self_attn")(x + pos, x, ref, shapes)
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="self_attn_layer_norm")(
         x + drop(y, deterministic=deterministic))
-    y = FeedForward(self.ffn_dim, self.dropout, self.dtype, name="mlp")(x, deterministic)
+    y = Mlp(self.ffn_dim, dropout=self.dropout, act=nn.relu, dtype=self.dtype, name="mlp")(
+        x, deterministic)
     return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="final_layer_norm")(x + y)
 
 
@@ -162,13 +105,15 @@ class DecoderLayer(nn.Module):
   def __call__(self, x, pos, memory, ref, shapes, deterministic: bool = True):
     drop = nn.Dropout(self.dropout)
     ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)  # noqa: E731
-    y = MultiHeadAttention(self.num_heads, dtype=self.dtype, name="self_attn")(
+    d = x.shape[-1]
+    y = DetrAttention(d, self.num_heads, dtype=self.dtype, name="self_attn")(
         x + pos, x + pos, x, deterministic)
     x = ln("self_attn_layer_norm")(x + drop(y, deterministic=deterministic))
     y = MSDeformableAttention(self.num_heads, self.num_levels, self.num_points,
                               dtype=self.dtype, name="encoder_attn")(x + pos, memory, ref, shapes)
     x = ln("encoder_attn_layer_norm")(x + drop(y, deterministic=deterministic))
-    y = FeedForward(self.ffn_dim, self.dropout, self.dtype, name="mlp")(x, deterministic)
+    y = Mlp(self.ffn_dim, dropout=self.dropout, act=nn.relu, dtype=self.dtype, name="mlp")(
+        x, deterministic)
     return ln("final_layer_norm")(x + y)
 
 
@@ -280,7 +225,7 @@ class DeformableDETR(nn.Module):
     level_embed = self.param("level_embed", nn.initializers.normal(1.0),
                              (self.num_feature_levels, d))
     src = jnp.concatenate([s.reshape(b, -1, d) for s in srcs], 1)
-    pos = jnp.concatenate([sine_position_map(h, w, d) + level_embed[i]
+    pos = jnp.concatenate([sine_posemb_2d(h, w, d, offset=0.5) + level_embed[i]
                            for i, (h, w) in enumerate(shapes)], 0)[None].astype(self.dtype)
 
     # Encoder.
@@ -297,7 +242,7 @@ class DeformableDETR(nn.Module):
     class_heads = [nn.Dense(self.num_classes, dtype=self.dtype,
                             bias_init=nn.initializers.constant(-np.log((1 - 0.01) / 0.01)),
                             name=f"class_embed_{i}") for i in range(n_heads)]
-    box_heads = [BoxHead(d, dtype=self.dtype, name=f"bbox_embed_{i}") for i in range(n_heads)]
+    box_heads = [BoxHead(d, 3, self.dtype, name=f"bbox_embed_{i}") for i in range(n_heads)]
     head = lambda i: min(i, n_heads - 1 - (1 if self.two_stage else 0))  # noqa: E731
 
     # Queries and reference points.
