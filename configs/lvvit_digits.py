@@ -13,6 +13,11 @@ train any vitjax model on digits first and point the task at its workdir:
       --config.task_kwargs.teacher_checkpoint=/tmp/vit_digits
 
 (the quickstart ViT has 4x4-pixel patches: its 4x4 score map is the student's grid).
+Or annotate once and read the score maps from a file (LV-ViT's label maps):
+
+  python -m vitjax.tools.label_maps --teacher=/tmp/vit_digits --out=/tmp/digit_maps
+  python -m vitjax.main --config=configs/lvvit_digits.py --workdir=/tmp/lvvit_maps \
+      --config.task_kwargs.label_maps=/tmp/digit_maps --config.input.return_geometry=True
 """
 
 from vitjax.config import digits_recipe
@@ -28,4 +33,5 @@ def get_config(arg=None):
   c.task_kwargs.mix_alpha = 1.0
   c.task_kwargs.teacher_checkpoint = ""
   c.task_kwargs.teacher_topk = 0
+  c.task_kwargs.label_maps = ""  # or score maps from a file (needs input.return_geometry)
   return c

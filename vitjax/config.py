@@ -44,6 +44,11 @@ def default_config() -> ml_collections.ConfigDict:
       eval_resize=placeholder(int),  # None: resize straight to image_size
       mean=(0.5, 0.5, 0.5),
       std=(0.5, 0.5, 0.5),
+      # Train batches also get `index` (the example's position in the train
+      # split), `crop_box` [y0, x0, y1, x1] (relative to the source image) and
+      # `flipped`: for per-example targets that must follow the augmentation
+      # (token-labeling score maps from a file). Digits / imagefolder only.
+      return_geometry=False,
   ))
 
   c.batch_size = 128          # global, over all devices and hosts

@@ -202,14 +202,15 @@ class _ArraySource(_Source):
     return self.load_fn(a, b) if self.load_fn else (a, b)
 
   def train_stream(self, seed, epoch, epoch_len, start, process_index,
-                   process_count, batch_size):
+                   process_count, batch_size, with_index=False):
     n = len(self.train_data[1])
     order = np.random.RandomState(_derive_seed(seed, epoch) % 2**32)
     order = order.permutation(n)[:epoch_len]
     positions = np.arange(start, epoch_len)
     positions = positions[_owner(positions, batch_size, process_count) == process_index]
     a, b = (x[order[positions]] for x in self.train_data)
-    ds = tf.data.Dataset.from_tensor_slices((positions, (a, b)))
+    raw = (order[positions], (a, b)) if with_index else (a, b)
+    ds = tf.data.Dataset.from_tensor_slices((positions, raw))
     return ds, (a if self.has_paths else None)
 
   def eval_stream(self, process_index, process_count):
@@ -498,7 +499,9 @@ def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
   """Infinite train batches from `start_step` on (see module docstring).
 
   Yields dict(image=float32 [local_batch, S, S, 3], label=int32 [local_batch])
-  with local_batch = config.batch_size // process_count. Configuration and
+  with local_batch = config.batch_size // process_count (with
+  config.input.return_geometry also index=int32 [local_batch], crop_box=float32
+  [local_batch, 4], flipped=bool [local_batch]). Configuration and
   data errors raise here, not at the first `next`.
   """
   _check_process(process_index, process_count)
@@ -509,9 +512,16 @@ def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
   prep = _preprocessing(config)
   source = _make_source(config)
   spe = steps_per_epoch(config, source.info)
+  geometry = bool(config.input.get('return_geometry', False))
+  if geometry and not isinstance(source, _ArraySource):
+    raise UserError(
+        'config.input.return_geometry=True (per-example index, crop box and '
+        'flip in the train batches) needs a random-access source (digits, '
+        f'imagefolder); {config.dataset.name!r} is read sequentially from '
+        'TFDS, whose examples carry no stable index here.')
   return _train_batches(source, prep, config.seed, config.batch_size,
                         local_batch, spe, start_step, process_index,
-                        process_count)
+                        process_count, geometry)
 
 
 # Each epoch is its own tf.data pipeline (building one costs ~0.1-0.3 s of
@@ -522,18 +532,26 @@ _LOOKAHEAD_STEPS = 4
 
 
 def _epoch_batches(source, prep, seed, epoch, epoch_len, start, local_batch,
-                   process_index, process_count) -> Iterator[dict]:
+                   process_index, process_count, geometry=False) -> Iterator[dict]:
   """The batches of one epoch, from global position `start` on."""
   ds, paths = source.train_stream(seed, epoch, epoch_len, start,
                                   process_index, process_count,
-                                  local_batch * process_count)
+                                  local_batch * process_count,
+                                  **({'with_index': True} if geometry else {}))
   epoch_seed = tf.constant([_derive_seed(seed, epoch, 1), 0], tf.int64)
 
   def example(pos, raw):
+    if geometry:
+      index, raw = raw
     image, label = source.load(*raw)
     example_seed = tf.random.experimental.stateless_fold_in(epoch_seed, pos)
-    return dict(image=preprocess.train_image(image, example_seed, prep),
-                label=tf.cast(label, tf.int32))
+    if not geometry:
+      return dict(image=preprocess.train_image(image, example_seed, prep),
+                  label=tf.cast(label, tf.int32))
+    image, box, flipped = preprocess.train_image(image, example_seed, prep,
+                                                 with_geometry=True)
+    return dict(image=image, label=tf.cast(label, tf.int32),
+                index=tf.cast(index, tf.int32), crop_box=box, flipped=flipped)
 
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
   if source.corrupt_images == 'skip':
@@ -551,14 +569,15 @@ def _started(batches: Iterator[dict]) -> Iterator[dict]:
 
 
 def _train_batches(source, prep, seed, batch_size, local_batch, spe,
-                   start_step, process_index, process_count):
+                   start_step, process_index, process_count, geometry=False):
   first_epoch, first_step = divmod(start_step, spe)
   epoch_len = spe * batch_size
 
   def epoch_batches(epoch):
     start = first_step * batch_size if epoch == first_epoch else 0
     return _started(_epoch_batches(source, prep, seed, epoch, epoch_len, start,
-                                   local_batch, process_index, process_count))
+                                   local_batch, process_index, process_count,
+                                   geometry))
 
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
     pending = pool.submit(epoch_batches, first_epoch)

@@ -83,30 +83,59 @@ def _inception_crop(image, seed, crop_scale):
   JPEGs are decoded only inside the crop window (`decode_and_crop_jpeg`), which
   is what makes ImageNet-sized training affordable on the host; other formats
   are decoded fully and then cropped. Both paths sample the same window.
+  Returns (cropped image, crop box [y0, x0, y1, x1] relative to the image).
   """
   if image.dtype != tf.string:
     image = to_float_rgb(image)
     window = _sample_crop_window(tf.shape(image), seed, crop_scale)
-    return tf.image.crop_to_bounding_box(image, *tf.unstack(window))
+    return (tf.image.crop_to_bounding_box(image, *tf.unstack(window)),
+            _relative_box(window, tf.shape(image)))
 
   def jpeg():
-    window = _sample_crop_window(
-        tf.image.extract_jpeg_shape(image), seed, crop_scale)
-    return tf.image.decode_and_crop_jpeg(image, window, channels=3)
+    shape = tf.image.extract_jpeg_shape(image)
+    window = _sample_crop_window(shape, seed, crop_scale)
+    return (to_float_rgb(tf.image.decode_and_crop_jpeg(image, window, channels=3)),
+            _relative_box(window, shape))
 
   def other():
     decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
     window = _sample_crop_window(tf.shape(decoded), seed, crop_scale)
-    return tf.image.crop_to_bounding_box(decoded, *tf.unstack(window))
+    return (to_float_rgb(tf.image.crop_to_bounding_box(decoded, *tf.unstack(window))),
+            _relative_box(window, tf.shape(decoded)))
 
-  return to_float_rgb(tf.cond(tf.io.is_jpeg(image), jpeg, other))
+  return tf.cond(tf.io.is_jpeg(image), jpeg, other)
+
+
+def _relative_box(window, shape):
+  """[y, x, h, w] pixels of an [H, W, ...] image -> [y0, x0, y1, x1] / (H, W)."""
+  y, x, h, w = tf.unstack(tf.cast(window, tf.float32))
+  height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+  return tf.stack([y / height, x / width, (y + h) / height, (x + w) / width])
 
 
 def _pad_and_random_crop(image, seed, padding):
-  """Zero-pads by `padding` on each side, then crops back to the input size."""
+  """Zero-pads by `padding` on each side, then crops back to the input size.
+
+  The offset is drawn as `tf.image.stateless_random_crop` draws it (same seed,
+  same crop); it is computed here so that the crop box can be returned:
+  (cropped image, box [y0, x0, y1, x1] relative to the unpadded image; it
+  reaches outside [0, 1] by up to padding / size).
+  """
   shape = tf.shape(image)
   padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
-  return tf.image.stateless_random_crop(padded, shape, seed=seed)
+  limit = tf.shape(padded) - shape + 1
+  offset = tf.random.stateless_uniform(
+      [3], seed=seed, maxval=shape.dtype.max, dtype=shape.dtype) % limit
+  cropped = tf.slice(padded, offset, shape)
+  window = tf.stack([offset[0] - padding, offset[1] - padding, shape[0], shape[1]])
+  return cropped, _relative_box(window, shape)
+
+
+def _random_flip(image, seed):
+  """Left-right flip with probability 1/2: (image, flipped), drawn as
+  `tf.image.stateless_random_flip_left_right` draws it."""
+  flipped = tf.random.stateless_uniform([], seed=seed, minval=0, maxval=1.0) < 0.5
+  return tf.cond(flipped, lambda: tf.reverse(image, [1]), lambda: image), flipped
 
 
 def _resize(image, height, width):
@@ -120,7 +149,7 @@ def _normalize(image, p: Preprocessing):
   return tf.ensure_shape(image, [p.image_size, p.image_size, 3])
 
 
-def train_image(image, seed, p: Preprocessing) -> tf.Tensor:
+def train_image(image, seed, p: Preprocessing, with_geometry: bool = False):
   """Train preprocessing: decode -> crop -> resize -> flip -> RandAugment ->
   color jitter -> normalize -> random erasing (the last three as configured).
 
@@ -128,18 +157,27 @@ def train_image(image, seed, p: Preprocessing) -> tf.Tensor:
     image: encoded or raw image (see module docstring).
     seed: int tensor of shape [2]; the only source of randomness.
     p: preprocessing options.
+    with_geometry: also return where the crop came from and whether it was
+      flipped, so that per-example dense targets (e.g. token-labeling score
+      maps of the whole image) can follow the augmentation.
+
+  Returns:
+    the float32 image [S, S, 3]; with_geometry: (image, crop box [y0, x0, y1,
+    x1] relative to the source image (before the flip), flipped bool).
   """
   crop_seed, flip_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=2))
+  box = tf.constant([0.0, 0.0, 1.0, 1.0])
   if p.train_augment == 'inception_crop':
-    image = _inception_crop(image, crop_seed, p.crop_scale)
+    image, box = _inception_crop(image, crop_seed, p.crop_scale)
   else:
     image = to_float_rgb(image)
     if p.train_augment == 'random_crop':
-      image = _pad_and_random_crop(image, crop_seed, p.crop_padding)
+      image, box = _pad_and_random_crop(image, crop_seed, p.crop_padding)
   image = _resize(image, p.image_size, p.image_size)
+  flipped = tf.constant(False)
   if p.flip:
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    image, flipped = _random_flip(image, flip_seed)
   if p.augment.host_side:
     # Folded-in seeds: crop and flip stay what they were without augmentation.
     aug_seed = tf.random.experimental.stateless_fold_in(seed, 1)
@@ -148,7 +186,15 @@ def train_image(image, seed, p: Preprocessing) -> tf.Tensor:
   if p.augment.random_erase:
     erase_seed = tf.random.experimental.stateless_fold_in(seed, 2)
     image = augment_lib.random_erase(image, erase_seed, p.augment.random_erase)
+  if with_geometry:
+    return image, box, flipped
   return image
+
+
+def whole_image(image, p: Preprocessing) -> tf.Tensor:
+  """The whole image resized to [S, S] (no crop) and normalized: the frame a
+  train crop box (`train_image(..., with_geometry=True)`) is relative to."""
+  return _normalize(_resize(to_float_rgb(image), p.image_size, p.image_size), p)
 
 
 def eval_image(image, p: Preprocessing) -> tf.Tensor:

@@ -25,6 +25,14 @@ Where the dense targets come from (config.task_kwargs):
     student's token grid, then softmaxed with `teacher_temperature`;
     `teacher_topk` > 0 keeps only the top-k classes per token (renormalised),
     as the official stored label maps keep the top 5.
+  label_maps=<directory>: score maps read from a file written once by
+    `python -m vitjax.tools.label_maps --teacher=<workdir> --out=<directory>`
+    (top-k logits per position of every whole train image; see
+    vitjax.data.label_maps). Needs config.input.return_geometry=True: the
+    input pipeline then reports each example's index, crop box and flip, the
+    task's train_iterator adds the example's map to the batch on the host, and
+    the jitted loss cuts the crop out of it (crop_score_map), flipped as the
+    image was. `teacher_temperature` applies; the stored top k are kept.
 Other keys: dense_weight (0.5), mix_token (True), mix_alpha (1.0, Beta(a, a)
 of the MixToken box area).
 """
@@ -43,7 +51,7 @@ from vitjax.tasks.classification import ClassificationTask
 
 DEFAULTS = dict(dense_weight=0.5, mix_token=True, mix_alpha=1.0, teacher_checkpoint="",
                 teacher_model="", teacher_overrides=None, teacher_temperature=1.0,
-                teacher_topk=0)
+                teacher_topk=0, label_maps="")
 
 
 def soft_cross_entropy(logits, targets):
@@ -155,9 +163,41 @@ class TokenLabelingTask(ClassificationTask):
     self.teacher, self.teacher_variables = None, None
     if self.kw["teacher_checkpoint"]:
       self.teacher, self.teacher_variables = _load_teacher(self.kw, self.num_classes)
+    self.label_maps = None
+    if self.kw["label_maps"]:
+      if self.kw["teacher_checkpoint"]:
+        raise UserError("token_labeling: set either task_kwargs.teacher_checkpoint (score "
+                        "maps on the fly) or task_kwargs.label_maps (from a file), not both.")
+      if not config.input.get("return_geometry", False):
+        raise UserError("token_labeling: task_kwargs.label_maps needs "
+                        "config.input.return_geometry=True (each batch must say which "
+                        "example it holds and how it was cropped and flipped); add "
+                        "--config.input.return_geometry=True.")
+      from vitjax.data.label_maps import LabelMaps  # pylint: disable=g-import-not-at-top
+      self.label_maps = LabelMaps(self.kw["label_maps"])
+      self.label_maps.check(self.num_classes, info.num_train_examples)
 
-  def dense_targets(self, images, labels_soft, grid):
-    """[B, N, K] token targets: the teacher's score maps, or the image labels."""
+  # Batches: vitjax.data's, plus each example's stored score map (label_maps).
+  def train_iterator(self, config, **kwargs):
+    from vitjax import data as data_lib  # pylint: disable=g-import-not-at-top
+    batches = data_lib.train_iterator(config, **kwargs)
+    if self.label_maps is None:
+      return batches
+    return ({**b, **self.label_maps.lookup(b["index"])} for b in batches)
+
+  def eval_iterator(self, config, **kwargs):
+    from vitjax import data as data_lib  # pylint: disable=g-import-not-at-top
+    return data_lib.eval_iterator(config, **kwargs)
+
+  def dense_targets(self, images, labels_soft, grid, batch=None):
+    """[B, N, K] token targets: the teacher's score maps (on the fly or from the
+    stored label maps), or the image labels."""
+    if self.label_maps is not None:
+      from vitjax.data.label_maps import crop_score_map, dense_from_topk  # pylint: disable=g-import-not-at-top
+      dense = dense_from_topk(batch["label_map_values"], batch["label_map_indices"],
+                              self.num_classes, self.kw["teacher_temperature"])
+      dense = crop_score_map(dense, batch["crop_box"], batch["flipped"], grid)
+      return jax.lax.stop_gradient(dense.reshape(dense.shape[0], grid[0] * grid[1], -1))
     if self.teacher is None:
       b, k = labels_soft.shape
       return jnp.broadcast_to(labels_soft[:, None], (b, grid[0] * grid[1], k))
@@ -173,7 +213,7 @@ class TokenLabelingTask(ClassificationTask):
     target = jax.nn.one_hot(labels, self.num_classes)
     if self.config.label_smoothing:
       target = optax.smooth_labels(target, self.config.label_smoothing)
-    dense = self.dense_targets(images, target, grid)
+    dense = self.dense_targets(images, target, grid, batch)
     box = None
     if self.kw["mix_token"]:
       from vitjax.models.lvvit import box_lam, rand_token_box  # pylint: disable=g-import-not-at-top
