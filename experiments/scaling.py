@@ -12,8 +12,16 @@ token grids (the map a hierarchical model's first stage sees at 224 ... 896).
 
 "Linear" is judged by the cost per token: ratio(r) = (t(r) / t(224)) /
 (N(r) / N(224)), N the number of tokens of the first stage; 1.0 is exactly
-linear, a quadratic cost grows as N(r) / N(224). Writes scaling.png and
-scaling.md (the tables) into --out and prints them.
+linear, a quadratic cost grows as N(r) / N(224). On a CPU this ratio also
+holds a cache effect: at 224 a batch-1 forward's activations fit in the
+caches, at 896 they do not, so even a linear-cost model pays more per token.
+The "same-token ratio" separates the two: t(r, batch 1) over t(224, batch
+(r/224)^2), the same number of tokens per call, so the memory traffic is
+alike and only the attention's dependence on the sequence length is left
+(1.0 = linear; global attention grows as N(r) / N(224)). All sizes of one
+model are timed round-robin in one process (`interleaved_times`), so load on
+the machine hits them alike. Writes scaling.png and scaling.md (the tables)
+into --out and prints them.
 """
 
 import argparse
@@ -46,13 +54,26 @@ MODELS = [
 
 def median_time(fn, *args, runs=5, min_time=1.0):
   """Median wall time of `fn(*args)` (blocked), at least `runs` runs after a warm-up."""
-  jax.block_until_ready(fn(*args))
-  times, start = [], time.perf_counter()
-  while len(times) < runs or (time.perf_counter() - start < min_time and len(times) < 50):
-    t0 = time.perf_counter()
+  return interleaved_times([(fn, args)], runs=runs, min_time=min_time)[0]
+
+
+def interleaved_times(calls, runs=5, min_time=1.0):
+  """Median wall time of each `fn(*args)` in `calls`, timed round-robin.
+
+  One warm-up each, then rounds that run every call once, so that a change in
+  the machine's load during the measurement hits every call alike (the
+  ratios between them are what the tables report).
+  """
+  for fn, args in calls:
     jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  times = [[] for _ in calls]
+  start = time.perf_counter()
+  while len(times[0]) < runs or (time.perf_counter() - start < min_time and len(times[0]) < 50):
+    for i, (fn, args) in enumerate(calls):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[i].append(time.perf_counter() - t0)
+  return [statistics.median(t) for t in times]
 
 
 def peak_mb(compiled):
@@ -63,7 +84,8 @@ def peak_mb(compiled):
   return (total - getattr(m, "alias_size_in_bytes", 0)) / 2 ** 20
 
 
-def measure_model(name, resolution, batch):
+def compile_model(name, resolution, batch):
+  """(compiled forward, its arguments, compile seconds) of `name` at this size."""
   model = create_model(name, num_classes=1000)
   x = jnp.zeros((batch, resolution, resolution, 3), jnp.float32)
   # Random weights for this resolution (a learned position embedding has its size).
@@ -71,8 +93,12 @@ def measure_model(name, resolution, batch):
   fwd = jax.jit(lambda v, x: model.apply(v, x)[0])
   t0 = time.perf_counter()
   compiled = fwd.lower(params, x).compile()
-  compile_s = time.perf_counter() - t0
-  return median_time(compiled, params, x), peak_mb(compiled), compile_s
+  return compiled, (params, x), time.perf_counter() - t0
+
+
+def measure_model(name, resolution, batch):
+  compiled, args, compile_s = compile_model(name, resolution, batch)
+  return median_time(compiled, *args), peak_mb(compiled), compile_s
 
 
 def attention_layers(dim=64, heads=2):
@@ -144,26 +170,53 @@ def main(argv=None):
     if name not in known:
       print(f"# {name}: not registered, skipped", flush=True)
       continue
+    compiled = {}  # (resolution, batch) -> (compiled, args, compile_s)
     for r in resolutions:
       try:
-        t, mem, comp = measure_model(name, r, args.batch)
+        compiled[r, args.batch] = compile_model(name, r, args.batch)
       except UserError as e:  # e.g. Swin's window 7 does not tile a 1024 input
         print(f"# {name} @ {r}: skipped ({str(e).splitlines()[0][:100]})", flush=True)
-        continue
+    base = min(r for r, _ in compiled) if compiled else None
+    for r, _ in list(compiled):
+      k = (r // base) ** 2 * args.batch
+      if r != base and r % base == 0 and k <= 16 * args.batch:
+        # Equal-token reference: the base resolution at k times the batch.
+        compiled[base, k] = compile_model(name, base, k)
+    keys = list(compiled)
+    times = dict(zip(keys, interleaved_times([(compiled[k][0], compiled[k][1]) for k in keys])))
+    for r in sorted({r for r, b in keys if b == args.batch}):
+      c, _, comp = compiled[r, args.batch]
+      k = (r // base) ** 2 * args.batch
+      ref = times.get((base, k)) if r % base == 0 else None
       rows.append(dict(kind="model", name=name, attention=kind, resolution=r,
-                       tokens=(r // stride) ** 2, time_s=t, peak_mb=mem, compile_s=comp))
+                       tokens=(r // stride) ** 2, time_s=times[r, args.batch],
+                       peak_mb=peak_mb(c), compile_s=comp,
+                       same_tokens_ratio=(times[r, args.batch] / ref) if ref else None))
       print(json.dumps(rows[-1]), flush=True)
+    del compiled
 
   layer_rows = []
+  maps = [int(v) for v in args.maps.split(",")]
   for kind, fn in attention_layers().items():
     f = jax.jit(fn)
-    for s in [int(v) for v in args.maps.split(",")]:
+    calls = {}
+    for s in maps:
       if kind == "global" and s > 112:
         continue  # (s^2)^2 scores: 10 GB at 168x168
-      x = jax.random.normal(jax.random.PRNGKey(0), (1, s, s, 64))
-      compiled = f.lower(x).compile()
+      calls[s, 1] = f.lower(jnp.zeros((1, s, s, 64))).compile()
+      k = (s // maps[0]) ** 2
+      if s != maps[0] and s % maps[0] == 0 and kind != "global":
+        calls[maps[0], k] = f.lower(jnp.zeros((k, maps[0], maps[0], 64))).compile()
+    inputs = {key: (jax.random.normal(jax.random.PRNGKey(0), (key[1], key[0], key[0], 64)),)
+              for key in calls}
+    keys = list(calls)
+    times = dict(zip(keys, interleaved_times([(calls[k], inputs[k]) for k in keys])))
+    for s in sorted({s for s, b in keys if b == 1}):
+      ref = times.get((maps[0], (s // maps[0]) ** 2))
       layer_rows.append(dict(kind="layer", attention=kind, map=s, tokens=s * s,
-                             time_s=median_time(compiled, x), peak_mb=peak_mb(compiled)))
+                             time_s=times[s, 1], peak_mb=peak_mb(calls[s, 1]),
+                             same_tokens_ratio=(times[s, 1] / ref) if ref and s % maps[0] == 0
+                             and s != maps[0] else (1.0 if s == maps[0] else None)))
       print(json.dumps(layer_rows[-1]), flush=True)
 
   report = render(rows, layer_rows, args)
@@ -179,27 +232,35 @@ def _ratio(rows, key):
   return [(r["time_s"] / base["time_s"]) / (r["tokens"] / base["tokens"]) for r in rows]
 
 
+def _fmt(x):
+  return "-" if x is None else f"{x:.2f}"
+
+
 def render(rows, layer_rows, args):
   lines = [f"# Scaling with input resolution ({jax.devices()[0].device_kind}, "
            f"{os.cpu_count()} cores, batch {args.batch}, fp32)", "",
            "Whole models: median forward time, planned peak memory, and the cost per "
-           "first-stage token relative to 224x224 (1.00 = linear).", "",
-           "| model | attention | resolution | tokens | forward ms | peak MB | per-token ratio |",
-           "|---|---|---|---|---|---|---|"]
+           "first-stage token relative to 224x224 (1.00 = linear); same-token ratio: "
+           "t(r, batch 1) / t(224, batch (r/224)^2), equal tokens per call (see the "
+           "module docstring).", "",
+           "| model | attention | resolution | tokens | forward ms | peak MB | per-token ratio "
+           "| same-token ratio |",
+           "|---|---|---|---|---|---|---|---|"]
   for name in dict.fromkeys(r["name"] for r in rows):
     series = [r for r in rows if r["name"] == name]
     for r, q in zip(series, _ratio(series, "time_s")):
       lines.append(f"| {name} | {r['attention']} | {r['resolution']} | {r['tokens']} | "
-                   f"{r['time_s'] * 1e3:.1f} | {r['peak_mb']:.0f} | {q:.2f} |")
+                   f"{r['time_s'] * 1e3:.1f} | {r['peak_mb']:.0f} | {q:.2f} | "
+                   f"{_fmt(r.get('same_tokens_ratio'))} |")
   lines += ["", "One attention layer alone (64 channels, 2 heads) on an s x s map "
             "(56 = Swin/NAT's first stage at 224, 224 = at 896):", "",
-            "| attention | map | tokens | ms | peak MB | per-token ratio |",
-            "|---|---|---|---|---|---|"]
+            "| attention | map | tokens | ms | peak MB | per-token ratio | same-token ratio |",
+            "|---|---|---|---|---|---|---|"]
   for kind in dict.fromkeys(r["attention"] for r in layer_rows):
     series = [r for r in layer_rows if r["attention"] == kind]
     for r, q in zip(series, _ratio(series, "time_s")):
       lines.append(f"| {kind} | {r['map']} | {r['tokens']} | {r['time_s'] * 1e3:.2f} | "
-                   f"{r['peak_mb']:.1f} | {q:.2f} |")
+                   f"{r['peak_mb']:.1f} | {q:.2f} | {_fmt(r.get('same_tokens_ratio'))} |")
   return "\n".join(lines) + "\n"
 
 
