@@ -189,6 +189,8 @@ class _TfdsDetSource(dense._TfdsSegSource):  # pylint: disable=protected-access
     def pack(ex):
       b = tf.cast(ex["objects"]["bbox"], tf.float32)  # ymin, xmin, ymax, xmax
       c = tf.cast(ex["objects"]["label"], tf.float32)
+      n = tf.minimum(tf.shape(b)[0], tf.shape(c)[0])  # equal in real data (not in mocks)
+      b, c = b[:n], c[:n]
       return ex["image"], tf.stack([b[:, 1], b[:, 0], b[:, 3], b[:, 2], c], 1)
     return ds.map(pack)
 
