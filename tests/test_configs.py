@@ -30,6 +30,7 @@ CASES = [("quickstart", None), ("tome_digits", None)] + [
     ("dino_digits", None), ("dino_vit_s16", None), ("dino_vit_s16", "300ep"),
     ("dino_vit_b16", None), ("moco_v3_digits", None), ("moco_v3_vit_b16", None),
     ("segformer_shapes", None), ("segformer_shapes", "tiny"),
+    ("maskformer_shapes", None), ("maskformer_shapes", "tiny"),
     ("detr_shapes", None), ("detr_shapes", "tiny"),
     ("crossvit_digits", None), ("crossvit_tiny", None), ("crossvit_tiny", "15_dagger"),
     ("lvvit_digits", None), ("lvvit_s", None), ("lvvit_s", "m"),
