@@ -246,3 +246,21 @@ def test_detect_tool_draws_boxes(tmp_path, monkeypatch):
   out = np.asarray(detect.draw(np.full((32, 32, 3), 128, np.uint8), [[0.25, 0.25, 0.75, 0.75]],
                                [1], [0.9], ["a", "b"], display=64))
   assert (out[16, 24:40] != 128).any(-1).all() and (out[32, 32] == 128).all()
+
+
+def test_eval_summary_from_outputs_and_default_queries():
+  from vitjax.data import detection as dd  # pylint: disable=g-import-not-at-top
+  c = _config()
+  task = det.DetectionTask(c, det.DetectionTask.dataset_info(c), model=None)
+  box = np.array([[0.1, 0.1, 0.4, 0.5], [0, 0, 0, 0]], np.float32)  # xyxy; slot 2 padding
+  o = dict(scores=np.array([[0.9, 0.1]]), classes=np.array([[2, 0]]), boxes=box[None],
+           mask=np.array([True]), gt_boxes=box[None], gt_labels=np.array([[2, 0]]),
+           gt_valid=np.array([[True, False]]), orig_size=np.array([[40.0, 60.0]]))
+  pad = {k: np.concatenate([v, v]) for k, v in o.items()}
+  pad["mask"] = np.array([False, False])
+  m = task.eval_summary_from_outputs([o, pad])
+  assert m["ap"] == pytest.approx(1.0)
+  # Without config.model.num_queries the registry model's own count is the limit.
+  c.model = {}
+  c.model_name = "detr_tiny"
+  assert dd.num_queries(c) == 20

@@ -58,8 +58,16 @@ def _opt(config, key, default):
 
 
 def num_queries(config) -> int | None:
+  """config.model.num_queries, else the registry model's own (None: not a set predictor)."""
   model = config.get("model") or {}
   q = model.get("num_queries") if hasattr(model, "get") else None
+  if not q and config.get("model_name"):
+    from vitjax.models import create_model  # pylint: disable=g-import-not-at-top
+    try:
+      kw = model.to_dict() if hasattr(model, "to_dict") else dict(model)
+      q = getattr(create_model(config.model_name, **kw), "num_queries", None)
+    except Exception:  # pylint: disable=broad-except
+      q = None  # the trainer reports a bad model config itself
   return int(q) if q else None
 
 
