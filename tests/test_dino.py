@@ -168,7 +168,7 @@ FAST = ("model.depth=1", "model.hidden_size=16", "model.mlp_dim=32", "model.num_
 
 
 def _task_state(workdir, step):
-  path = os.path.join(workdir, "checkpoints", str(step))
+  path = os.path.join(workdir, "checkpoints", str(step), "default")
   restored = ocp.StandardCheckpointer().restore(os.path.abspath(path))
   return restored["task_state"]
 

@@ -122,7 +122,7 @@ def test_three_steps_through_main_resume_and_frozen_patch_projection(tmp_path):
   p = run_main(wd, "total_steps=3", *FAST, config="configs/moco_v3_digits.py")
   assert "Resumed from" in p.stderr
   restore = lambda s: ocp.StandardCheckpointer().restore(
-      os.path.abspath(os.path.join(wd, "checkpoints", str(s))))
+      os.path.abspath(os.path.join(wd, "checkpoints", str(s), "default")))
   two, three = restore(2), restore(3)
   enc = three["task_state"]["momentum_encoder"]
   assert "predictor" not in enc
