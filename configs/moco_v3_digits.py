@@ -13,7 +13,12 @@ paper's sigma scaled to 16 pixels). Projector 3 layers and predictor 2
 layers, 256 hidden, 64 out; temperature 0.2, momentum 0.99 -> 1 (cosine),
 weight decay 0.1 (the paper's). The learned patch projection trains
 (random_patch_projection=False): the tiny model showed no instability to fix.
-Measured: see experiments/ssl_digits.md.
+Measured (seed 0, 2 CPU cores shared with 5 other engineers' jobs, load
+average 23-33, nice 5): 660 steps in 46.5 min wall (user 180 s + sys 59 s CPU,
+0.24 steps/s wall), final train loss 2.81 (chance 2 x 2T log 128 = 3.88);
+frozen class-token kNN (k=20, T=0.07) 0.875 and linear probe 0.903 on the 360
+test digits (the MAE random-init encoder: kNN 0.672, linear 0.903,
+experiments/ssl_digits.md; at step 250 of this run kNN was already 0.786).
 """
 
 from vitjax.config import digits_recipe
