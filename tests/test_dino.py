@@ -182,7 +182,7 @@ def test_three_steps_through_main_and_exact_resume_with_task_state(tmp_path):
   a, b = _task_state(straight, 3), _task_state(split, 3)
   assert float(np.abs(np.asarray(a["center"])).sum()) > 0       # the center moved
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)  # two compilations: round-off
   # The class-token attention of every head of the last layer, as one PNG.
   files = attention.render(straight, str(tmp_path / "att"), index=0, mode="cls_heads")
   assert [os.path.basename(f) for f in files] == ["cls_heads.png"]
