@@ -188,7 +188,7 @@ def cmd_qat(args):
   from vitjax.compress.quantize import fake_quantize  # pylint: disable=g-import-not-at-top
   from vitjax.tools.probe import load_run  # pylint: disable=g-import-not-at-top
   from vitjax.tools.quantize import eval_accuracy  # pylint: disable=g-import-not-at-top
-  wd = os.path.join(args.root, f"fp32_s{args.seed}")
+  wd = os.path.join(args.root, args.run)
   config, model, variables = load_run(wd)
   teacher = variables["params"]
   config.batch_size = 128
@@ -196,7 +196,7 @@ def cmd_qat(args):
   config.input.crop_padding = 1
   config.input.flip = False
   rows = []
-  for bits, per_channel in ((4, False), (4, True), (3, True)):
+  for bits, per_channel in ((4, True), (4, False)):
     ptq = dequantize_params(quantize_params(teacher, bits, per_channel=per_channel))
     ptq_acc = eval_accuracy(model, {"params": ptq}, config)
     tx = optax.adam(args.lr)
@@ -230,7 +230,7 @@ def cmd_qat(args):
                  "qat_accuracy": eval_accuracy(model, {"params": qat}, config),
                  "qat_steps": args.steps, "lr": args.lr})
     print(rows[-1], flush=True)
-  _save(f"qat_s{args.seed}", rows)
+  _save(f"qat_{args.run}", rows)
 
 
 def cmd_remat(args):
@@ -302,7 +302,8 @@ def main():
   ap.add_argument("--batch", type=int, default=128)
   ap.add_argument("--repeats", type=int, default=7)
   ap.add_argument("--calls", type=int, default=5)
-  ap.add_argument("--steps", type=int, default=200)
+  ap.add_argument("--steps", type=int, default=100, help="QAT fine-tune steps.")
+  ap.add_argument("--run", default="fp32_e40_s0", help="qat: the fp32 run (teacher).")
   ap.add_argument("--lr", type=float, default=1e-4)
   args = ap.parse_args()
   globals()["cmd_" + args.cmd](args)
