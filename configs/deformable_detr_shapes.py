@@ -3,7 +3,7 @@
   python -m vitjax.main --config=configs/deformable_detr_shapes.py --workdir=/tmp/ddetr_shapes
 
 Model: `deformable_detr_tiny` (ResNet with one basic block per stage, widths
-16-64, frozen-free BatchNorm; three levels C3-C5 = 8x8, 4x4, 2x2 on 64x64
+16-64, BatchNorm trained rather than frozen; three levels C3-C5 = 8x8, 4x4, 2x2 on 64x64
 images; width 64, 4 heads, 2 points per level; one encoder and three decoder
 layers; 10 queries) with iterative box refinement. Sigmoid focal class loss,
 L1 + GIoU box losses on each decoder layer (Hungarian matching, class cost 2,
