@@ -23,7 +23,7 @@ def n_params(tree):
   return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(tree))
 
 
-# Paper Table 1 (ADE20K, 150 classes): Swin-T 42M, ResNet-50 41M.
+# Paper Table 1 (ADE20K, 150 classes): Swin-T 42M, ResNet-50 41M (vitjax: 41,758,545 / 41,307,863).
 PUBLISHED = {"maskformer_swin_tiny": 42e6, "maskformer_resnet50": 41e6}
 
 
@@ -33,7 +33,7 @@ def test_param_counts_match_paper(name):
   shapes = jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x),
                           jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
   got = n_params(shapes["params"])
-  assert abs(got - PUBLISHED[name]) / PUBLISHED[name] < 0.02, (name, got)
+  assert abs(got - PUBLISHED[name]) / PUBLISHED[name] < 0.01, (name, got)
 
 
 # A 2-stage ResNet backbone: cheap to compile.

@@ -192,7 +192,8 @@ class MaskFormer(nn.Module):
 
 
 # Paper Table 1 / Sec. 4 (ADE20K, 150 classes): MaskFormer with Swin-T 42M params,
-# ResNet-50 41M; N = 100 queries, 6 decoder layers, D = C_E = 256.
+# ResNet-50 41M; N = 100 queries, 6 decoder layers, D = C_E = 256 (vitjax at 150 classes:
+# 41,758,545 and 41,307,863 parameters, -0.6% / +0.7%).
 MASKFORMER_BACKBONES = {
     "swin_tiny": dict(backbone="swin_tiny_patch4_window7_224", stage_norms=True),
     "swin_small": dict(backbone="swin_small_patch4_window7_224", stage_norms=True),
