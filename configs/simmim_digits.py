@@ -10,7 +10,10 @@ fine-tunes it with
 Mask blocks of 4 px (one patch; 16 blocks, 10 masked at ratio 0.6), a linear
 head predicting the 4x4x3 pixels of every patch, L1 on the masked pixels.
 The eval metric is that L1 on the 360 test digits (fixed masks). Measured
-figures: experiments/ssl_digits.md.
+(2 shared CPU cores, load ~27, experiments/ssl_digits.md): 660 steps in 308 s
+wall / 112 CPU s, eval L1 0.314; frozen class-token kNN 0.522 (random init
+0.647), mean-token kNN 0.617 (0.650): NOT better than random init; fine-tuned
+0.978 vs 0.989 from scratch.
 """
 
 from vitjax.config import digits_recipe
