@@ -23,7 +23,8 @@ def n_params(tree):
   return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(tree))
 
 
-# Paper Table 1 (ADE20K, 150 classes): Swin-T 42M, ResNet-50 41M (vitjax: 41,758,545 / 41,307,863).
+# Paper Table 1 (ADE20K, 150 classes): Swin-T 42M, ResNet-50 41M
+# (vitjax: 41,758,545 / 41,307,863).
 PUBLISHED = {"maskformer_swin_tiny": 42e6, "maskformer_resnet50": 41e6}
 
 
