@@ -106,7 +106,8 @@ def test_pq_false_positive_and_low_iou():
   ml[0, 1, 4:, 4:] = 20.0  # the circle predicted in the wrong place: IoU 0
   ml[0, 0, 4:, 4:] = -20.0
   r = _pq(cl, ml, label)
-  # class 1: FP 1 + FN 1 -> PQ 0; background: pred 48 px vs true 48 px, overlap 32 -> IoU 0.5 -> no match.
+  # class 1: FP 1 + FN 1 -> PQ 0; background: pred 48 px vs true 48 px, overlap 32
+  # -> IoU 0.5 -> no match.
   assert r["pq/1"] == 0.0 and r["pq"] == 0.0
 
 
