@@ -12,19 +12,10 @@ elsewhere, as in the MAE paper's figures). MAE predictions of normalised
 pixels (norm_pix_loss) are mapped back with each patch's own mean and std.
 """
 
+import argparse
 import json
 import os
 import sys
-
-from absl import app
-from absl import flags
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "A vitjax MAE or SimMIM workdir.")
-_SPLIT = flags.DEFINE_string("split", "test", "Dataset split to draw the images from.")
-_NUM = flags.DEFINE_integer("num", 8, "Number of images (rows).")
-_OUT = flags.DEFINE_string("out", None, "Output folder (created).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the masks.")
-_SCALE = flags.DEFINE_integer("scale", 0, "Pixels per image pixel (0: to ~96 px).")
 
 TASKS = ("mae", "simmim")
 
@@ -110,15 +101,19 @@ def make_pictures(workdir: str, out_dir: str, split: str = "test", num: int = 8,
   return path
 
 
-def main(argv):
-  del argv
+def main(argv=None):
+  # argparse, not absl flags: vitjax.tools.probe (imported for load_run) owns --workdir there.
   from vitjax.errors import UserError  # pylint: disable=g-import-not-at-top
-  if not _WORKDIR.value or not _OUT.value:
-    sys.stderr.write("error: --workdir and --out are required\n")
-    sys.exit(2)
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--workdir", required=True, help="A vitjax MAE or SimMIM workdir.")
+  ap.add_argument("--split", default="test", help="Dataset split to draw the images from.")
+  ap.add_argument("--num", type=int, default=8, help="Number of images (rows).")
+  ap.add_argument("--out", required=True, help="Output folder (created).")
+  ap.add_argument("--seed", type=int, default=0, help="Seed of the masks.")
+  ap.add_argument("--scale", type=int, default=0, help="Pixels per image pixel (0: to ~96 px).")
+  args = ap.parse_args(argv)
   try:
-    path = make_pictures(_WORKDIR.value, _OUT.value, _SPLIT.value, _NUM.value, _SEED.value,
-                         _SCALE.value)
+    path = make_pictures(args.workdir, args.out, args.split, args.num, args.seed, args.scale)
   except UserError as e:
     sys.stderr.write(f"error: {e}\n")
     sys.exit(2)
@@ -126,4 +121,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()
