@@ -11,7 +11,9 @@ as Deformable DETR). Data: 64x64 images with 1-4 circles / squares /
 triangles (vitjax.data.shapes; 4000 train, 500 held-out validation images),
 random resize 1-1.25x + crop, flip. Eval: COCO box AP / AP50 (pycocotools).
 Target (issue 6): box AP50 >= 0.7 on the held-out images within 30 minutes
-of training on 2 CPU cores; measured figures in experiments/detection_shapes.md.
+of training on 2 CPU cores. Measured (2 shared CPU cores, load ~30, 1000 steps with
+eval at the end): AP50 0.972, AP 0.775, 18.6 min wall, 4.9 min CPU time; see
+experiments/detection_shapes.md.
 Arg 'tiny': a few-step smoke configuration.
 """
 
@@ -42,12 +44,12 @@ def get_config(arg=None):
   c.input.flip = True
   c.batch_size = 32
   c.eval_batch_size = 128
-  c.total_steps = 3000
+  c.total_steps = 1000
   c.optimizer.update(learning_rate=1e-3, weight_decay=1e-4, warmup_steps=100,
                      grad_clip_norm=0.1)
   c.log_every_steps = 50
-  c.eval_every_steps = 1000
-  c.checkpoint_every_steps = 1000
+  c.eval_every_steps = 500
+  c.checkpoint_every_steps = 500
   c.progress_bar = False
   if arg == "tiny":
     c.model.hidden_dim = 32
