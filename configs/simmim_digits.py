@@ -24,6 +24,7 @@ def get_config(arg=None):
   c = digits_recipe("simmim_vit_quickstart", num_epochs=60, learning_rate=1e-3,
                     mask_patch_size=4, mask_ratio=0.6)
   c.task = "simmim"
+  c.task_kwargs.norm_pix_loss = False   # stated so that it can be overridden
   c.label_smoothing = 0.0
   # The encoder (quickstart's ViT), stated so every field can be overridden.
   c.model.patch_size = 4

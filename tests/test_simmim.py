@@ -126,3 +126,52 @@ def test_three_steps_and_pictures(tmp_path):
   col = lambda j: img[:, pad + j * cell: pad + j * cell + 16 * scale]
   assert np.abs(col(2) - col(1)).max() > 0      # reconstruction fills the masked patches
   assert np.abs(col(0) - col(1)).max() > 0      # and the masked column hides some
+
+
+def test_normalize_cells_hand_computed():
+  # One channel, 2x2 cells: the top-left cell holds 0, 1, 2, 3 -> mean 1.5,
+  # unbiased variance (2.25 + 0.25 + 0.25 + 2.25) / 3 = 5/3.
+  x = jnp.zeros((1, 4, 4, 1)).at[0, 0, 0, 0].set(0.).at[0, 0, 1, 0].set(1.)
+  x = x.at[0, 1, 0, 0].set(2.).at[0, 1, 1, 0].set(3.)
+  x = x.at[0, 2:, 2:, 0].set(5.)                            # a constant cell -> zeros
+  y = np.asarray(simmim.normalize_cells(x, 2))
+  np.testing.assert_allclose(y[0, :2, :2, 0], (np.array([[0., 1.], [2., 3.]]) - 1.5)
+                             / np.sqrt(5 / 3 + 1e-6), rtol=1e-5)
+  np.testing.assert_allclose(y[0, 2:, 2:, 0], 0.0, atol=1e-6)
+  # Colour channels share a cell's statistics: [0, 2] on each of 2x2 pixels.
+  z = np.asarray(simmim.normalize_cells(jnp.tile(jnp.array([0., 2.]), (1, 2, 2, 1)), 2))
+  np.testing.assert_allclose(z[0, 0, 0], [-1.0, 1.0] / np.sqrt(8 / 7), rtol=1e-5)
+
+
+def _task(**task_kwargs):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(dict(input=dict(image_size=16), model_name="simmim",
+                                          task_kwargs=task_kwargs))
+  model = create_model("simmim_vit_quickstart", **TINY_VIT)
+  return simmim.SimMimTask(config, None, model), model
+
+
+def test_norm_pix_loss_targets():
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3)) * 3.0 + 1.0
+  plain, model = _task()
+  normed, _ = _task(norm_pix_loss=True)
+  np.testing.assert_array_equal(plain.targets(images), images)   # default: raw pixels
+  t = np.asarray(normed.targets(images)).reshape(2, 4, 4, 4, 4, 3)  # [b, row, 4, col, 4, C]
+  np.testing.assert_allclose(t.mean(axis=(2, 4, 5)), 0.0, atol=1e-5)
+  np.testing.assert_allclose(t.var(axis=(2, 4, 5), ddof=1), 1.0, rtol=1e-4)
+  # The loss compares the reconstruction with the normalised target.
+  variables = model.init(jax.random.PRNGKey(0), images[:1])
+  batch = {"image": images, "mask": jnp.ones((2,))}
+  s_plain = plain.eval_sums(variables["params"], {}, batch)
+  s_norm = normed.eval_sums(variables["params"], {}, batch)
+  assert abs(float(s_plain["loss"]) - float(s_norm["loss"])) > 1e-3
+  mask = jnp.ones((2, 4, 4), bool)
+  loss, _ = simmim.masked_l1(normed.targets(images), normed.targets(images), mask, 4)
+  assert float(loss) == 0.0
+
+
+def test_bad_task_kwargs():
+  with pytest.raises(UserError, match="not simmim settings.*norm_pix_loss"):
+    _task(norm_pix=True)
+  with pytest.raises(UserError, match="must be True or False"):
+    _task(norm_pix_loss="yes")

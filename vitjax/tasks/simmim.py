@@ -8,6 +8,13 @@ ceil(mask_ratio * blocks) of them are masked per image (uniform at random),
 and each block is spread over the encoder's patches it covers. Training
 draws the masks from the step's RNG; evaluation from a fixed key, so two
 checkpoints' eval losses are measured on the same masks.
+
+`config.task_kwargs` (optional):
+  norm_pix_loss (False): regress each target cell's pixels normalised by
+    that cell's mean and standard deviation (over its stride x stride x C
+    values, unbiased variance + 1e-6, as MAE's per-patch target; SimMIM's
+    code has a local-window variant, `NORM_TARGET`). The reconstruction is
+    compared with the normalised pixels; the L1 stays over masked pixels.
 """
 
 import math
@@ -19,6 +26,7 @@ from vitjax.errors import UserError
 from vitjax.tasks.base import apply_model, fold_rng
 
 _EVAL_SEED = 0
+_DEFAULTS = dict(norm_pix_loss=False)
 
 
 def random_block_mask(rng, batch: int, image_size: int, mask_patch_size: int,
@@ -40,6 +48,16 @@ def pixel_mask(mask, patch_size: int):
   """[B, h, w] patch mask -> [B, h*p, w*p, 1] float pixel mask."""
   m = jnp.repeat(jnp.repeat(mask, patch_size, axis=1), patch_size, axis=2)
   return m[..., None].astype(jnp.float32)
+
+
+def normalize_cells(images, cell: int):
+  """[B, H, W, C] -> the same pixels normalised per cell x cell block (mean 0,
+  unbiased variance 1 over the block's cell*cell*C values; + 1e-6)."""
+  b, h, w, c = images.shape
+  x = images.astype(jnp.float32).reshape(b, h // cell, cell, w // cell, cell, c)
+  mean = jnp.mean(x, axis=(2, 4, 5), keepdims=True)
+  var = jnp.var(x, axis=(2, 4, 5), keepdims=True, ddof=1)
+  return ((x - mean) / jnp.sqrt(var + 1e-6)).reshape(b, h, w, c)
 
 
 def masked_l1(images, reconstruction, mask, patch_size: int):
@@ -79,6 +97,15 @@ class SimMimTask:
       raise UserError(f"config.task='simmim' needs a SimMIM model (simmim_*), not "
                       f"{config.model_name!r}; see vitjax.models.list_models('simmim_*').")
     check_geometry(config.input.image_size, model)
+    given = dict(config.get("task_kwargs") or {})
+    unknown = sorted(set(given) - set(_DEFAULTS))
+    if unknown:
+      raise UserError(f"config.task_kwargs {unknown} are not simmim settings; known: "
+                      f"{sorted(_DEFAULTS)} (e.g. --config.task_kwargs.norm_pix_loss=True).")
+    self.kw = dict(_DEFAULTS, **given)
+    if not isinstance(self.kw["norm_pix_loss"], bool):
+      raise UserError(f"config.task_kwargs.norm_pix_loss={self.kw['norm_pix_loss']!r} "
+                      "must be True or False.")
 
   def init_inputs(self):
     s = self.config.input.image_size
@@ -89,19 +116,25 @@ class SimMimTask:
     return random_block_mask(rng, images.shape[0], images.shape[1], m.mask_patch_size,
                              m.patch_size, m.mask_ratio)
 
+  def targets(self, images):
+    """What the head regresses: the pixels, or their per-cell normalisation."""
+    if self.kw["norm_pix_loss"]:
+      return normalize_cells(images, self.model.stride)
+    return images
+
   def train_loss(self, params, model_state, batch, rng):
     images = batch["image"]
     mask = self.masks(fold_rng(rng, "simmim_masks"), images)
     rec, _, new_state = apply_model(self.model, params, model_state, images, train=True,
                                     rng=rng, mask=mask)
-    loss, _ = masked_l1(images, rec, mask, self.model.patch_size)
+    loss, _ = masked_l1(self.targets(images), rec, mask, self.model.patch_size)
     return loss, ({}, new_state)
 
   def eval_sums(self, params, model_state, batch):
     images = batch["image"]
     mask = self.masks(fold_rng(jax.random.PRNGKey(_EVAL_SEED), "simmim_eval_masks"), images)
     rec, _, _ = apply_model(self.model, params, model_state, images, train=False, mask=mask)
-    _, per_image = masked_l1(images, rec, mask, self.model.patch_size)
+    _, per_image = masked_l1(self.targets(images), rec, mask, self.model.patch_size)
     valid = batch["mask"].astype(jnp.float32)
     return {"count": jnp.sum(valid), "loss": jnp.sum(per_image * valid)}
 
