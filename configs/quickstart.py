@@ -4,16 +4,21 @@
 
 Hardware: 2 CPU cores. Expected: >= 97% test accuracy on the 360 held-out
 digits in under 3 minutes, compile included (see README for measured figures).
+Arg 'resnet_size': width 128, MLP 384 (0.67M parameters, about the size of
+configs/resnet_digits.py's ResNet), for experiments/cnn_vs_vit.py.
 """
 
 from vitjax.config import default_config, model_config
 
 
 def get_config(arg=None):
-  del arg
+  if arg not in (None, "resnet_size"):
+    from vitjax.errors import UserError  # pylint: disable=g-import-not-at-top
+    raise UserError(f"configs/quickstart.py: unknown arg {arg!r}; use none or 'resnet_size'.")
+  width, mlp = (128, 384) if arg == "resnet_size" else (64, 128)
   c = default_config()
   c.model_name = "vit_quickstart"   # 16x16 input, patch 4 -> 16 tokens + class token
-  c.model = model_config(c.model_name, hidden_size=64, mlp_dim=128, drop_path_rate=0.1)
+  c.model = model_config(c.model_name, hidden_size=width, mlp_dim=mlp, drop_path_rate=0.1)
   c.dataset.name = "digits"
   c.input.image_size = 16
   c.input.train_augment = "random_crop"

@@ -39,6 +39,7 @@ RUNS = [
     ("ResNet-18 (1/4 width)", "resnet_digits", "CNN"),
     ("EfficientNet-B0 (x0.25 width)", "efficientnet_digits", "CNN"),
     ("ViT (quickstart)", "quickstart", "ViT"),
+    ("ViT (ResNet-sized)", "quickstart:resnet_size", "ViT"),
     ("MobileViT-XXS", "mobilevit_digits", "hybrid"),
     ("CrossViT (tiny dims)", "crossvit_digits", "ViT"),
 ]
@@ -57,7 +58,9 @@ def load_config(spec):
 
 def train(spec, seed, epochs, workdir):
   """One run through the CLI; returns (final test accuracy, wall seconds)."""
-  cmd = [sys.executable, "-m", "vitjax.main", f"--config={ROOT}/configs/{spec}.py",
+  name, _, arg = spec.partition(":")
+  cmd = [sys.executable, "-m", "vitjax.main",
+         f"--config={ROOT}/configs/{name}.py" + (f":{arg}" if arg else ""),
          f"--workdir={workdir}", f"--config.seed={seed}", f"--config.num_epochs={epochs}",
          "--config.progress_bar=False", "--config.checkpoint_every_steps=100000"]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

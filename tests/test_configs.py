@@ -11,7 +11,7 @@ from vitjax.config import default_config, validate_config
 from vitjax.errors import UserError
 from vitjax.models import list_models
 
-CASES = [("quickstart", None), ("tome_digits", None)] + [
+CASES = [("quickstart", None), ("quickstart", "resnet_size"), ("tome_digits", None)] + [
     (f"vit_{s}", a) for s in ("ti16", "s16", "b16", "l16")
     for a in (None, "cifar10", "cifar100", "pets")] + [
     (f"deit_{s}", a) for s in ("tiny", "small", "base") for a in (None, "distilled")] + [
