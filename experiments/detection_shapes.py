@@ -1,10 +1,13 @@
-"""Trains a detection config on the embedded shapes set within a wall-time budget
-and writes experiments/detection_shapes.md (box AP / AP50 on the held-out images,
-wall and CPU time, load average, steps/s).
+"""Trains a detection (or segmentation) config on the embedded shapes set within a
+wall-time budget and writes experiments/detection_shapes.md (box AP / AP50 on the
+held-out images, or with --metrics any eval metrics such as miou,pq; wall and CPU
+time, load average, steps/s).
 
   python experiments/detection_shapes.py --config=configs/detr_shapes.py \
       [--budget_minutes=30] [--workdir=/tmp/detection_shapes] [--out=...md] \
       [--config.total_steps=...] (further --config.k=v overrides go to vitjax.main)
+  python experiments/detection_shapes.py --config=configs/maskformer_shapes.py \
+      --budget_minutes=15 --metrics=miou,pixel_accuracy,pq,sq,rq --out=...md
 
 The run is `python -m vitjax.main` (niced); at the budget it gets SIGTERM (the
 trainer saves a checkpoint and stops), so the table holds every evaluation
@@ -32,7 +35,11 @@ def main(argv=None):
   ap.add_argument("--budget_minutes", type=float, default=30.0)
   ap.add_argument("--out", default=os.path.join(ROOT, "experiments", "detection_shapes.md"))
   ap.add_argument("--nice", type=int, default=5)
+  ap.add_argument("--metrics", default="ap50,ap,ap75",
+                  help="comma-separated eval metrics for the table; the first one picks "
+                       "the best evaluation")
   args, overrides = ap.parse_known_args(argv)
+  keys = args.metrics.split(",")
   if os.path.exists(os.path.join(args.workdir, "metrics.jsonl")):
     sys.exit(f"{args.workdir} already holds a run; pick a new --workdir.")
   cmd = ["nice", "-n", str(args.nice), sys.executable, "-m", "vitjax.main",
@@ -50,7 +57,7 @@ def main(argv=None):
         lines = f.readlines()
       for line in lines[seen:]:
         rec = json.loads(line)
-        if "eval/ap" in rec:
+        if f"eval/{keys[0]}" in rec:
           evals.append(dict(rec, wall_s=time.time() - start))
       seen = len(lines)
     if done:
@@ -67,11 +74,16 @@ def main(argv=None):
   steps = max((r["step"] for r in recs if "train/loss" in r), default=0)
   ips = [r["train/images_per_s"] for r in recs if "train/images_per_s" in r][1:]
   final_loss = next((r["train/loss"] for r in reversed(recs) if "train/loss" in r), float("nan"))
+  def fmt(e, k):
+    v = e.get(f"eval/{k}")
+    return "-" if v is None else f"{v:.3f}"
   rows = "\n".join(
-      f"| {e['step']} | {e['wall_s'] / 60:.1f} | {e['eval/ap']:.3f} | {e['eval/ap50']:.3f} | "
-      f"{e['eval/ap75']:.3f} | {e['eval/loss']:.3f} |" for e in evals)
-  best = max(evals, key=lambda e: e["eval/ap50"]) if evals else None
-  text = f"""# Detection on the embedded shapes set
+      f"| {e['step']} | {e['wall_s'] / 60:.1f} | " + " | ".join(fmt(e, k) for k in keys) +
+      f" | {fmt(e, 'loss')} |" for e in evals)
+  best = max(evals, key=lambda e: e[f"eval/{keys[0]}"]) if evals else None
+  header = "| step | wall min | " + " | ".join(keys) + " | eval loss |"
+  rule = "|---" * (len(keys) + 3) + "|"
+  text = f"""# {os.path.basename(args.config)} on the embedded shapes set
 
 Command: `python experiments/detection_shapes.py --config={args.config} {' '.join(overrides)}`
 (budget {args.budget_minutes:g} min wall time; SIGTERM at the budget{', reached' if stopped else ', not reached'}).
@@ -85,11 +97,11 @@ Command: `python experiments/detection_shapes.py --config={args.config} {' '.joi
   {steps / max(wall - compile_s, 1):.2f} steps/s over the run (eval and checkpoints included)
 - final train loss: {final_loss:.3f}
 
-| step | wall min | AP | AP50 | AP75 | eval loss |
-|---|---|---|---|---|---|
+{header}
+{rule}
 {rows}
 
-Best AP50 within the budget: {f"{best['eval/ap50']:.3f} (AP {best['eval/ap']:.3f}) at step {best['step']}" if best else "no evaluation reached"}.
+Best {keys[0]} within the budget: {f"{best[f'eval/{keys[0]}']:.3f} at step {best['step']} (" + ", ".join(f"{k} {fmt(best, k)}" for k in keys[1:]) + ")" if best else "no evaluation reached"}.
 """
   with open(args.out, "w") as f:
     f.write(text)
