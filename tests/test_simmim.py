@@ -175,3 +175,22 @@ def test_bad_task_kwargs():
     _task(norm_pix=True)
   with pytest.raises(UserError, match="must be True or False"):
     _task(norm_pix_loss="yes")
+
+
+def test_pictures_undo_norm_pix_targets():
+  from vitjax.tools import ssl_pictures  # pylint: disable=g-import-not-at-top
+
+  class Perfect:  # predicts the normalised target exactly
+    mask_patch_size, patch_size, mask_ratio, stride = 4, 4, 0.5, 4
+
+    def apply(self, variables, images, train=False, mask=None):
+      del variables, train, mask
+      return simmim.normalize_cells(images, 4), {}
+
+  images = jax.random.normal(jax.random.PRNGKey(2), (2, 16, 16, 3))
+  _, rec, pix = ssl_pictures.reconstruct("simmim", Perfect(), {}, images,
+                                         jax.random.PRNGKey(0), simmim_norm_pix=True)
+  assert float(pix.sum()) > 0
+  np.testing.assert_allclose(rec, images, atol=1e-4)
+  _, raw, _ = ssl_pictures.reconstruct("simmim", Perfect(), {}, images, jax.random.PRNGKey(0))
+  assert np.abs(np.asarray(raw) - np.asarray(images)).max() > 0.1

@@ -9,7 +9,8 @@ row per image, columns original, masked (masked patches set to 0 in the model's 
 space, i.e. the dataset's mean colour) and
 reconstructed (the model's pixels on the masked patches, the original ones
 elsewhere, as in the MAE paper's figures). MAE predictions of normalised
-pixels (norm_pix_loss) are mapped back with each patch's own mean and std.
+pixels (norm_pix_loss) are mapped back with each patch's own mean and std;
+SimMIM's (task_kwargs.norm_pix_loss) with each predicted cell's.
 """
 
 import argparse
@@ -20,7 +21,7 @@ import sys
 TASKS = ("mae", "simmim")
 
 
-def reconstruct(task: str, model, variables, images, rng):
+def reconstruct(task: str, model, variables, images, rng, simmim_norm_pix: bool = False):
   """(masked, reconstructed) images in the model's input space, and the
   [B, H, W, 1] pixel mask (1 = masked)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -43,6 +44,12 @@ def reconstruct(task: str, model, variables, images, rng):
     mask = simmim.random_block_mask(rng, b, h, model.mask_patch_size, model.patch_size,
                                     model.mask_ratio)
     pred, _ = model.apply(variables, images, train=False, mask=mask)
+    if simmim_norm_pix:  # back from per-cell normalised pixels
+      s = model.stride
+      cells = images.reshape(b, h // s, s, w // s, s, c)
+      mean = jnp.mean(cells, axis=(2, 4, 5), keepdims=True)
+      std = jnp.sqrt(jnp.var(cells, axis=(2, 4, 5), keepdims=True, ddof=1) + 1e-6)
+      pred = (pred.reshape(cells.shape) * std + mean).reshape(images.shape)
     pix = simmim.pixel_mask(mask, model.patch_size)
     rec = pred * pix + images * (1 - pix)
   else:
@@ -77,7 +84,9 @@ def make_pictures(workdir: str, out_dir: str, split: str = "test", num: int = 8,
 
   config, model, variables = load_run(workdir)
   with open(os.path.join(workdir, "config.json")) as f:
-    task = json.load(f).get("task")
+    stored = json.load(f)
+  task = stored.get("task")
+  norm_pix = bool((stored.get("task_kwargs") or {}).get("norm_pix_loss", False))
   if task not in TASKS:
     raise UserError(f"{workdir} holds a config.task={task!r} run; pictures are for "
                     f"{' / '.join(TASKS)} checkpoints.")
@@ -88,7 +97,8 @@ def make_pictures(workdir: str, out_dir: str, split: str = "test", num: int = 8,
     if len(images) >= num:
       break
   images = np.stack(images[:num]).astype(np.float32)
-  masked, rec, _ = reconstruct(task, model, variables, images, jax.random.PRNGKey(seed))
+  masked, rec, _ = reconstruct(task, model, variables, images, jax.random.PRNGKey(seed),
+                               simmim_norm_pix=task == "simmim" and norm_pix)
   mean = np.asarray(config.input.mean, np.float32)
   std = np.asarray(config.input.std, np.float32)
   to_unit = lambda x: np.asarray(x) * std + mean
