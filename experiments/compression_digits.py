@@ -7,6 +7,7 @@ experiments/compression_digits.json (the figures of compression_digits.md):
 
   python experiments/compression_digits.py int8  --root=/tmp/comp
   python experiments/compression_digits.py bf16  --root=/tmp/comp --tag=_e40
+  python experiments/compression_digits.py bf16  --root=/tmp/comp --tag=_e120  # full length
   python experiments/compression_digits.py prune --root=/tmp/comp
   python experiments/compression_digits.py tome  --root=/tmp/comp
   python experiments/compression_digits.py qat   --root=/tmp/comp
@@ -96,7 +97,10 @@ def cmd_bf16(args):
       accs.append(100 * acc)
     out[mp] = {"runs": runs, "mean": float(np.mean(accs)) if accs else None,
                "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else None}
-  _save("bf16", out)
+  out["gap_points"] = (out["bf16"]["mean"] - out["fp32"]["mean"]
+                       if out["bf16"]["mean"] is not None and out["fp32"]["mean"] is not None
+                       else None)
+  _save("bf16" if args.tag == "_e40" else f"bf16{args.tag}", out)
 
 
 def cmd_prune(args):
