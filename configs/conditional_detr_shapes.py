@@ -12,54 +12,18 @@ images); measured figures in experiments/detection_shapes.md.
 Arg 'tiny': a few-step smoke configuration.
 """
 
-from vitjax.config import default_config, model_config
-
-MODEL = "conditional_detr_tiny"
+import importlib.util
+import os
 
 
 def get_config(arg=None):
-  c = default_config()
-  c.task = "detection"
-  c.model_name = MODEL
-  c.model = model_config(MODEL, hidden_dim=64, num_heads=4, ffn_dim=128, encoder_layers=1,
-                         decoder_layers=3, num_queries=10, backbone_train_bn=True,
-                         dropout=0.0)
-  c.dataset.name = "shapes"
-  c.dataset.train_split = "train"
-  c.dataset.eval_split = "validation"
-  c.task_kwargs.class_loss = "sigmoid_focal"
-  c.task_kwargs.class_cost = 2.0
-  c.task_kwargs.ce_loss_coef = 2.0
-  c.task_kwargs.max_boxes = 4
-  c.task_kwargs.num_train_images = 4000
-  c.task_kwargs.num_eval_images = 500
-  c.task_kwargs.scale_range = (1.0, 1.25)
-  c.task_kwargs.color_jitter = 0.0
-  c.input.image_size = 64
-  c.input.flip = True
-  c.batch_size = 32
-  c.eval_batch_size = 128
-  c.total_steps = 3000
-  c.optimizer.update(learning_rate=1e-3, weight_decay=1e-4, warmup_steps=100,
-                     grad_clip_norm=0.1)
-  c.log_every_steps = 50
-  c.eval_every_steps = 1000
-  c.checkpoint_every_steps = 1000
-  c.progress_bar = False
-  if arg == "tiny":
-    c.model.hidden_dim = 32
-    c.model.num_heads = 2
-    c.model.decoder_layers = 2
-    c.task_kwargs.num_train_images = 64
-    c.task_kwargs.num_eval_images = 40
-    c.batch_size = 8
-    c.eval_batch_size = 24
-    c.total_steps = 4
-    c.eval_every_steps = 4
-    c.checkpoint_every_steps = 4
-    c.log_every_steps = 2
-  elif arg is not None:
-    from vitjax.errors import UserError  # pylint: disable=g-import-not-at-top
-    raise UserError(f"configs/conditional_detr_shapes.py: unknown arg {arg!r}; use none or "
-                    "'tiny'.")
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "deformable_detr_shapes.py")
+  spec = importlib.util.spec_from_file_location("deformable_detr_shapes", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.shapes_detection("conditional_detr_tiny", arg)
+  if arg is None:
+    c.total_steps = 3000
+    c.eval_every_steps = 1000
+    c.checkpoint_every_steps = 1000
   return c

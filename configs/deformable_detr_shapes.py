@@ -19,16 +19,21 @@ Arg 'tiny': a few-step smoke configuration.
 
 from vitjax.config import default_config, model_config
 
-MODEL = "deformable_detr_tiny"
 
 
 def get_config(arg=None):
+  return shapes_detection("deformable_detr_tiny", arg, with_box_refine=True)
+
+
+def shapes_detection(model, arg, **model_kwargs):
+  """The shapes-set detection recipe for a DETR-family `model` (also used by
+  configs/conditional_detr_shapes.py); `model_kwargs` are the model's own options."""
   c = default_config()
   c.task = "detection"
-  c.model_name = MODEL
-  c.model = model_config(MODEL, hidden_dim=64, num_heads=4, ffn_dim=128, encoder_layers=1,
-                         decoder_layers=3, num_queries=10, with_box_refine=True,
-                         backbone_train_bn=True, dropout=0.0)
+  c.model_name = model
+  c.model = model_config(model, hidden_dim=64, num_heads=4, ffn_dim=128, encoder_layers=1,
+                         decoder_layers=3, num_queries=10, backbone_train_bn=True,
+                         dropout=0.0, **model_kwargs)
   c.dataset.name = "shapes"
   c.dataset.train_split = "train"
   c.dataset.eval_split = "validation"
@@ -65,6 +70,6 @@ def get_config(arg=None):
     c.log_every_steps = 2
   elif arg is not None:
     from vitjax.errors import UserError  # pylint: disable=g-import-not-at-top
-    raise UserError(f"configs/deformable_detr_shapes.py: unknown arg {arg!r}; use none or "
-                    "'tiny'.")
+    raise UserError(f"configs/{model.replace('_tiny', '')}_shapes.py: unknown arg {arg!r}; "
+                    "use none or 'tiny'.")
   return c
