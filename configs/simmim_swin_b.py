@@ -19,16 +19,22 @@ IMAGENET_TRAIN = 1_281_167
 
 def get_config(arg=None):
   del arg
+  return simmim_imagenet("simmim_swin_base_patch4_window6_192", 192, 219, window_size=6,
+                         drop_path_rate=0.0)
+
+
+def simmim_imagenet(model, image_size, eval_resize, **model_kwargs):
+  """The paper's ImageNet-1k pretraining recipe for a SimMIM `model` (also used by
+  configs/simmim_vit_b16.py)."""
   c = default_config()
   c.task = "simmim"
-  c.model_name = "simmim_swin_base_patch4_window6_192"
+  c.model_name = model
   c.model = model_config(c.model_name, mask_patch_size=32, mask_ratio=0.6)
-  c.model.window_size = 6
-  c.model.drop_path_rate = 0.0
+  c.model.update(model_kwargs)
   c.dataset.name = "imagenet2012"
   c.dataset.eval_split = "validation"
-  c.input.image_size = 192
-  c.input.eval_resize = 219
+  c.input.image_size = image_size
+  c.input.eval_resize = eval_resize
   c.input.train_augment = "inception_crop"
   c.input.crop_scale = (0.67, 1.0)
   c.input.flip = True
