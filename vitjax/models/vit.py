@@ -71,6 +71,18 @@ class EncoderBlock(nn.Module):
     return x + DropPath(self.drop_path)(y, deterministic)
 
 
+class ScanBlock(nn.Module):
+  """One EncoderBlock as the step of `nn.scan` over the blocks (scan_blocks=True):
+  (x, drop-path rate) -> (x, x); the rate is a scanned input since it grows with depth."""
+  block_kwargs: Any
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, rate):
+    x = EncoderBlock(**self.block_kwargs, drop_path=rate, name="block")(x, self.deterministic)
+    return x, x
+
+
 class VisionTransformer(nn.Module):
   """ViT / DeiT classifier over NHWC images.
 
@@ -93,6 +105,13 @@ class VisionTransformer(nn.Module):
   tome_r: token merging at inference (ToMe, vitjax/compress/tome.py): r
     tokens merged in every block; 0 is the plain model. 'feature_map' is
     then left out (the tokens no longer form a grid).
+  remat: recompute each block's activations in the backward pass instead of
+    keeping them (same losses, less activation memory where the compiler
+    keeps the saving; see experiments/remat_memory.md).
+  scan_blocks: run the blocks as one `nn.scan` loop, parameters stacked under
+    'blocks/block' with a leading depth axis (one block compiled instead of
+    `depth`; with remat the backward pass recomputes one block at a time,
+    which also holds on XLA:CPU). Checkpoints of the two layouts do not mix.
   """
   num_classes: int = 1000
   patch_size: int = 16
@@ -117,6 +136,7 @@ class VisionTransformer(nn.Module):
   attention_impl: str = "einsum"
   head_counts: str = ""
   tome_r: int = 0
+  scan_blocks: bool = False
 
   def block_heads(self):
     """Heads of each block (head_counts parsed and checked)."""
@@ -140,6 +160,9 @@ class VisionTransformer(nn.Module):
       raise ValueError(f"posemb must be 'learn' or 'sincos2d', got {self.posemb!r}")
     if self.distilled and self.pool != "cls":
       raise ValueError("a distilled (DeiT) model needs pool='cls'")
+    if self.scan_blocks and (self.head_counts or self.tome_r):
+      raise UserError("model.scan_blocks=True needs identical blocks: it cannot be combined "
+                      f"with head_counts={self.head_counts!r} or tome_r={self.tome_r}.")
     if self.tome_r < 0:
       raise UserError(f"model.tome_r={self.tome_r}: tokens merged per block must be >= 0 "
                       "(0 disables token merging).")
@@ -193,7 +216,18 @@ class VisionTransformer(nn.Module):
     heads = self.block_heads()
     pruned = bool(self.head_counts)
     size = jnp.ones(x.shape[:2], jnp.float32) if self.tome_r else None
-    for i in range(self.depth):
+    if self.scan_blocks:
+      step = nn.remat(ScanBlock, prevent_cse=False) if self.remat else ScanBlock
+      rates = self.drop_path_rate * jnp.arange(self.depth) / max(self.depth - 1, 1)
+      kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
+                attention_dropout=self.attention_dropout, qkv_bias=self.qkv_bias,
+                layer_norm_eps=self.layer_norm_eps, dtype=self.dtype,
+                attention_impl=self.attention_impl, num_prefix=n_prefix)
+      x, xs = nn.scan(step, variable_axes={"params": 0},
+                      split_rngs={"params": True, "dropout": True}, length=self.depth)(
+                          kw, deterministic, name="blocks")(x, rates)
+      out.update({f"block_{i}": xs[i] for i in range(self.depth)})
+    for i in range(0 if self.scan_blocks else self.depth):
       dpr = self.drop_path_rate * i / max(self.depth - 1, 1)
       block = block_cls(heads[i], self.mlp_dim, dropout=self.dropout,
                         attention_dropout=self.attention_dropout, drop_path=dpr,
