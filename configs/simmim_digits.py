@@ -15,8 +15,8 @@ SimMIM is probed on the mean patch token (the paper's linear probe pools
 the tokens; its class token gets no loss). Sweep (seed 0, 660 steps, ~112
 CPU s each, kNN k=20 class token / mean token; random init 0.647 / 0.650):
 raw-pixel targets 0.522 / 0.617; normalised targets 0.633 / 0.744 (this
-config); normalised, mask blocks 8 px at ratio 0.75 0.603 / 0.664. Figures of
-this config in experiments/ssl_digits.md.
+config); normalised, mask blocks 8 px at ratio 0.75 0.603 / 0.664;
+normalised, ratio 0.8 0.600 / 0.639. Figures of this config in experiments/ssl_digits.md.
 """
 
 from vitjax.config import digits_recipe
