@@ -15,7 +15,8 @@ momentum 0.996 -> 1 (cosine). AdamW, batch 1024, lr 0.0005 x batch / 256
 (cosine), gradient clipping 3.0 (the authors clip per parameter tensor; this
 clips the global norm), drop path 0.1; 800 epochs. Not run here (a GPU/TPU
 pod); the paper reports kNN 74.5% / linear 77.0% for ViT-S/16 after 800
-epochs. The authors' first-epoch freeze of the last layer is not done.
+epochs. As in the authors' code, the head's last layer is frozen for the first
+epoch (`optimizer.unfreeze`).
 """
 
 from vitjax.config import default_config, model_config
@@ -48,6 +49,8 @@ def dino_imagenet(model_name: str, epochs: int, *, clip: float = 3.0):
                      end_learning_rate=1e-6, weight_decay=0.04, weight_decay_end=0.4,
                      schedule="cosine", warmup_steps=10 * steps_per_epoch,
                      grad_clip_norm=clip)
+  # The head's weight-normalised last layer stays frozen during the first epoch.
+  c.optimizer.unfreeze = ((steps_per_epoch, "^dino_head/last_layer/"),)
   c.eval_every_steps = 10 * steps_per_epoch
   c.checkpoint_every_steps = 2000
   return c

@@ -3,13 +3,14 @@
 import math
 import os
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import run_main
+from conftest import ROOT, run_main
 from vitjax import optim
 from vitjax.config import default_config
 from vitjax.errors import UserError
@@ -187,3 +188,21 @@ def test_three_steps_through_main_and_exact_resume_with_task_state(tmp_path):
   files = attention.render(straight, str(tmp_path / "att"), index=0, mode="cls_heads")
   assert [os.path.basename(f) for f in files] == ["cls_heads.png"]
   assert os.path.getsize(files[0]) > 1000
+
+
+def test_imagenet_config_freezes_only_the_last_layer_for_the_first_epoch():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "dino_vit_s16", os.path.join(ROOT, "configs", "dino_vit_s16.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config(None)
+  spe = 1_281_167 // c.batch_size
+  model = create_model(c.model_name, **TINY)  # same module names as ViT-S/16, tiny dims
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+  optim.check_freeze_patterns(params, c.optimizer)
+  for step, last_on in ((0, False), (spe - 1, False), (spe, True)):
+    mask = optim.trainable_mask(params, c.optimizer, jnp.asarray(step))
+    flat = {"/".join(k): bool(v) for k, v in flax.traverse_util.flatten_dict(mask).items()}
+    assert flat.pop("dino_head/last_layer/kernel") is last_on, step
+    assert all(flat.values()), step  # everything else trains from step 0
