@@ -216,25 +216,23 @@ class VisionTransformer(nn.Module):
     heads = self.block_heads()
     pruned = bool(self.head_counts)
     size = jnp.ones(x.shape[:2], jnp.float32) if self.tome_r else None
+    common = dict(mlp_dim=self.mlp_dim, dropout=self.dropout,
+                  attention_dropout=self.attention_dropout, qkv_bias=self.qkv_bias,
+                  layer_norm_eps=self.layer_norm_eps, dtype=self.dtype,
+                  attention_impl=self.attention_impl, num_prefix=n_prefix)
     if self.scan_blocks:
       step = nn.remat(ScanBlock, prevent_cse=False) if self.remat else ScanBlock
       rates = self.drop_path_rate * jnp.arange(self.depth) / max(self.depth - 1, 1)
-      kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
-                attention_dropout=self.attention_dropout, qkv_bias=self.qkv_bias,
-                layer_norm_eps=self.layer_norm_eps, dtype=self.dtype,
-                attention_impl=self.attention_impl, num_prefix=n_prefix)
       x, xs = nn.scan(step, variable_axes={"params": 0},
                       split_rngs={"params": True, "dropout": True}, length=self.depth)(
-                          kw, deterministic, name="blocks")(x, rates)
+                          dict(common, num_heads=self.num_heads), deterministic,
+                          name="blocks")(x, rates)
       out.update({f"block_{i}": xs[i] for i in range(self.depth)})
     for i in range(0 if self.scan_blocks else self.depth):
       dpr = self.drop_path_rate * i / max(self.depth - 1, 1)
-      block = block_cls(heads[i], self.mlp_dim, dropout=self.dropout,
-                        attention_dropout=self.attention_dropout, drop_path=dpr,
-                        qkv_bias=self.qkv_bias, layer_norm_eps=self.layer_norm_eps,
-                        dtype=self.dtype, attention_impl=self.attention_impl,
+      block = block_cls(heads[i], drop_path=dpr,
                         head_dim=d // self.num_heads if pruned else None,
-                        tome_r=self.tome_r, num_prefix=n_prefix, name=f"block_{i}")
+                        tome_r=self.tome_r, name=f"block_{i}", **common)
       if self.tome_r:
         x, size = block(x, deterministic, size)
       else:

@@ -50,14 +50,21 @@ def pixel_mask(mask, patch_size: int):
   return m[..., None].astype(jnp.float32)
 
 
-def normalize_cells(images, cell: int):
-  """[B, H, W, C] -> the same pixels normalised per cell x cell block (mean 0,
-  unbiased variance 1 over the block's cell*cell*C values; + 1e-6)."""
+def cell_stats(images, cell: int):
+  """[B, H, W, C] -> (cells [B, H/cell, cell, W/cell, cell, C], mean, std) per
+  cell x cell block (unbiased variance over its cell*cell*C values, + 1e-6)."""
   b, h, w, c = images.shape
   x = images.astype(jnp.float32).reshape(b, h // cell, cell, w // cell, cell, c)
   mean = jnp.mean(x, axis=(2, 4, 5), keepdims=True)
-  var = jnp.var(x, axis=(2, 4, 5), keepdims=True, ddof=1)
-  return ((x - mean) / jnp.sqrt(var + 1e-6)).reshape(b, h, w, c)
+  std = jnp.sqrt(jnp.var(x, axis=(2, 4, 5), keepdims=True, ddof=1) + 1e-6)
+  return x, mean, std
+
+
+def normalize_cells(images, cell: int):
+  """[B, H, W, C] -> the same pixels normalised per cell x cell block (mean 0,
+  unbiased variance 1 over the block's cell*cell*C values; + 1e-6)."""
+  x, mean, std = cell_stats(images, cell)
+  return ((x - mean) / std).reshape(images.shape)
 
 
 def masked_l1(images, reconstruction, mask, patch_size: int):

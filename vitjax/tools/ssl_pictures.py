@@ -45,10 +45,7 @@ def reconstruct(task: str, model, variables, images, rng, simmim_norm_pix: bool 
                                     model.mask_ratio)
     pred, _ = model.apply(variables, images, train=False, mask=mask)
     if simmim_norm_pix:  # back from per-cell normalised pixels
-      s = model.stride
-      cells = images.reshape(b, h // s, s, w // s, s, c)
-      mean = jnp.mean(cells, axis=(2, 4, 5), keepdims=True)
-      std = jnp.sqrt(jnp.var(cells, axis=(2, 4, 5), keepdims=True, ddof=1) + 1e-6)
+      cells, mean, std = simmim.cell_stats(images, model.stride)
       pred = (pred.reshape(cells.shape) * std + mean).reshape(images.shape)
     pix = simmim.pixel_mask(mask, model.patch_size)
     rec = pred * pix + images * (1 - pix)
