@@ -21,9 +21,12 @@ the whole train step, forward + backward + AdamW, counted, not 3x forward),
 with attention as plain XLA dots (a fused cuDNN kernel is opaque to the cost
 analysis), and are used for the PyTorch rows too (same architecture). MFU = achieved FLOP/s / the peak measured in the same run:
 a large `jnp.dot` (fp32; bf16 on a GPU). Peak memory: on CPU, vitjax = the
-XLA plan of the compiled program (arguments + outputs + temporaries) and
-PyTorch = parameter bytes + resident-memory growth sampled during the runs;
-on a GPU, vitjax = the XLA plan and PyTorch = `torch.cuda.max_memory_allocated`.
+compiled program's argument bytes + resident-memory growth sampled during the
+timed runs (XLA:CPU's YNNPACK fusions allocate intermediates the XLA plan does
+not count; the plan is kept as `xla_plan_mb`), PyTorch = parameter bytes +
+resident-memory growth sampled during the runs; on a GPU, vitjax = the XLA
+plan (arguments + outputs + temporaries) and PyTorch =
+`torch.cuda.max_memory_allocated`.
 
 Prints one JSON line per measurement (keys `impl`, `mode`, `images_per_s`,
 `mfu`, `peak_memory_mb`, ...) as it goes, then a table.
@@ -153,6 +156,18 @@ def measure_peak(jax, jnp, size, dtype, runs=5):
   return 2.0 * size ** 3 * reps / med
 
 
+def measured_mb(compiled, rss, gpu):
+  """Peak memory of a vitjax row. GPU: XLA's plan (arguments + outputs +
+  temporaries). CPU: argument bytes + the process's RSS growth during the timed
+  runs, as the PyTorch rows: XLA:CPU's YNNPACK fusions allocate their own
+  intermediates (e.g. a fused attention's logits), which the plan does not see."""
+  if gpu:
+    return planned_mb(compiled)
+  m = compiled.memory_analysis()
+  args_mb = m.argument_size_in_bytes / 2 ** 20 if m is not None else 0.0
+  return args_mb + rss.growth_mb
+
+
 def planned_mb(compiled):
   m = compiled.memory_analysis()
   if m is None:
@@ -182,6 +197,7 @@ def bench_vitjax(args, dtype_name, modes, peak):
   # is a custom call that XLA's cost analysis does not see into.
   flops_model = build_vitjax(args, dtype, attention="xla")
   res, b = args.resolution, args.batch
+  gpu = jax.default_backend() == "gpu"
   x = jax.random.normal(jax.random.PRNGKey(0), (b, res, res, 3), jnp.float32)
   y = jax.random.randint(jax.random.PRNGKey(1), (b,), 0, args.num_classes)
   params = jax.jit(model.init)(jax.random.PRNGKey(2), x[:1])["params"]
@@ -222,11 +238,13 @@ def bench_vitjax(args, dtype_name, modes, peak):
     compiled = fwd.lower(params, x).compile()
     compile_s = time.perf_counter() - t0
     flops = count_flops(forward(flops_model), params, x)
-    med, times = timed_runs(lambda: compiled(params, x), args.runs, args.warmup,
-                            jax.block_until_ready)
+    with RssSampler() as rss:
+      med, times = timed_runs(lambda: compiled(params, x), args.runs, args.warmup,
+                              jax.block_until_ready)
     rows.append(result("vitjax", "inference", args, med, times, compile_s, flops,
-                       planned_mb(compiled), peak, dtype_name, flops_source=FLOPS_SOURCE,
-                       attention_kernel=kernel(compiled)))
+                       measured_mb(compiled, rss, gpu), peak, dtype_name,
+                       flops_source=FLOPS_SOURCE, attention_kernel=kernel(compiled),
+                       xla_plan_mb=planned_mb(compiled)))
 
   if "train" in modes:
     opt_state = jax.jit(tx.init)(params)
@@ -236,16 +254,18 @@ def bench_vitjax(args, dtype_name, modes, peak):
     compiled = step.lower(params, opt_state, x, y, rng).compile()
     compile_s = time.perf_counter() - t0
     flops = count_flops(train_step(flops_model), params, opt_state, x, y, rng)
-    mem = planned_mb(compiled)
     state = {"p": params, "o": opt_state}
     del params, opt_state
 
     def run():
       state["p"], state["o"], loss = compiled(state["p"], state["o"], x, y, rng)
       return loss
-    med, times = timed_runs(run, args.runs, args.warmup, jax.block_until_ready)
-    rows.append(result("vitjax", "train", args, med, times, compile_s, flops, mem, peak,
-                       dtype_name, flops_source=FLOPS_SOURCE, attention_kernel=kernel(compiled)))
+    with RssSampler() as rss:
+      med, times = timed_runs(run, args.runs, args.warmup, jax.block_until_ready)
+    rows.append(result("vitjax", "train", args, med, times, compile_s, flops,
+                       measured_mb(compiled, rss, gpu), peak, dtype_name,
+                       flops_source=FLOPS_SOURCE, attention_kernel=kernel(compiled),
+                       xla_plan_mb=planned_mb(compiled)))
   return rows
 
 
