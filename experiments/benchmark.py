@@ -61,6 +61,9 @@ def parse_args(argv=None):
   p.add_argument("--num-classes", type=int, default=1000)
   p.add_argument("--model-kw", default="{}", help="JSON overrides for create_model "
                  "(also mapped onto the HF config where they matter)")
+  p.add_argument("--allocator", choices=("system", "tcmalloc"), default="system",
+                 help="'tcmalloc': re-run this command with tcmalloc preloaded (both "
+                 "frameworks; vitjax/allocator.py says why it matters on CPU)")
   p.add_argument("--runs", type=int, default=7)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--peak-size", type=int, default=0, help="matmul side for the peak "
@@ -451,8 +454,17 @@ def summarize_run(workdir):
   return row
 
 
+def _allocator():
+  from vitjax import allocator  # pylint: disable=g-import-not-at-top
+  return allocator.current()
+
+
 def main(argv=None):
   args = parse_args(argv)
+  if args.allocator == "tcmalloc":
+    from vitjax import allocator  # pylint: disable=g-import-not-at-top
+    allocator.reexec_with_tcmalloc(
+        ["-m", "experiments.benchmark"] + list(sys.argv[1:] if argv is None else argv))
   if args.pipeline or args.summarize:
     limit_threads(args.threads)
     return [bench_pipeline(args.pipeline)] if args.pipeline else [summarize_run(args.summarize)]
@@ -474,9 +486,10 @@ def main(argv=None):
   meta = dict(device=device, backend=jax.default_backend(), threads=threads,
               peak_tflops=peak / 1e12, peak_dtype=jnp.dtype(peak_dtype).name,
               peak_matmul=size, jax=jax.__version__, host=platform.node(),
-              load=os.getloadavg()[0], attention=args.attention)
+              load=os.getloadavg()[0], attention=args.attention,
+              allocator=_allocator())
   print(f"# {args.model} batch {args.batch} {args.resolution}px {dtype_name} on {device} "
-        f"({threads} threads); measured {meta['peak_dtype']} matmul peak "
+        f"({threads} threads, {meta['allocator']} malloc); measured {meta['peak_dtype']} matmul peak "
         f"{peak / 1e12:.3f} TFLOP/s ({size}^3 jnp.dot); load {meta['load']:.2f}",
         flush=True)
 

@@ -54,6 +54,11 @@ def main(argv):
     sys.exit(2)
   try:
     init_distributed(_COORD.value, _NPROC.value, _PID.value, _CPU_COLLECTIVES.value)
+    import jax  # pylint: disable=g-import-not-at-top
+    from vitjax import allocator  # pylint: disable=g-import-not-at-top
+    hint = allocator.hint(jax.default_backend())
+    if hint:
+      logging.getLogger("vitjax").info(hint)
     from vitjax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
     final = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
