@@ -24,7 +24,8 @@ a large `jnp.dot` (fp32; bf16 on a GPU). Peak memory: on CPU, vitjax = the
 compiled program's argument bytes + resident-memory growth sampled during the
 timed runs (XLA:CPU's YNNPACK fusions allocate intermediates the XLA plan does
 not count; the plan is kept as `xla_plan_mb`), PyTorch = parameter bytes +
-resident-memory growth sampled during the runs; on a GPU, vitjax = the XLA
+resident-memory growth sampled during the runs (under `--allocator tcmalloc`:
+growth of tcmalloc's allocated bytes instead of RSS, for both); on a GPU, vitjax = the XLA
 plan (arguments + outputs + temporaries) and PyTorch =
 `torch.cuda.max_memory_allocated`.
 
@@ -94,16 +95,39 @@ def limit_threads(n):
     os.environ[var] = str(n)
 
 
+def _tcmalloc_allocated_bytes():
+  """A function returning the bytes tcmalloc has handed out and not got back,
+  or None when tcmalloc is not loaded."""
+  import ctypes  # pylint: disable=g-import-not-at-top
+  try:
+    get = ctypes.CDLL(None).MallocExtension_GetNumericProperty
+  except (OSError, AttributeError):
+    return None
+  get.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_size_t)]
+  get.restype = ctypes.c_int
+  value = ctypes.c_size_t()
+
+  def read():
+    get(b"generic.current_allocated_bytes", ctypes.byref(value))
+    return value.value
+  return read
+
+
 class RssSampler:
-  """Max resident memory of this process, sampled every 2 ms in a thread."""
+  """Peak memory of this process, sampled every 2 ms in a thread: resident
+  memory, or with tcmalloc the bytes allocated (tcmalloc keeps freed memory
+  resident, so RSS would not grow while a run reuses it)."""
 
   def __init__(self):
     self._page = os.sysconf("SC_PAGE_SIZE")
+    self._tcmalloc = _tcmalloc_allocated_bytes()
     self.peak = self.base = self.rss()
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, daemon=True)
 
   def rss(self):
+    if self._tcmalloc is not None:
+      return self._tcmalloc()
     with open("/proc/self/statm") as f:
       return int(f.read().split()[1]) * self._page
 

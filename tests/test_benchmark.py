@@ -134,3 +134,22 @@ def test_summarize_run_reads_compile_time_and_steady_state(tmp_path, capsys):
   assert row["compile_s"] == 4.0 and row["eval_accuracy"] == 0.98
   assert row["steps_per_s"] == pytest.approx(2530.0 / 128)
   assert _json_lines(capsys.readouterr().out)[0]["mode"] == "train-run"
+
+
+def test_profile_cpu_attributes_time_to_layers(tmp_path):
+  # Its own process: XLA's per-op trace events are a flag read when the backend starts.
+  out = tmp_path / "profile.json"
+  run = subprocess.run(
+      [sys.executable, "-m", "experiments.profile_cpu", "--model", "vit_tiny_patch16_224",
+       "--model-kw", '{"depth": 1, "num_heads": 3}', "--batch", "2", "--resolution", "32",
+       "--num-classes", "10", "--train", "--runs", "2", "--threads", "0", "--json", str(out)],
+      capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert run.returncode == 0, run.stderr[-2000:]
+  prof = json.loads(out.read_text())
+  assert prof["op_total_ms"] > 0 and prof["step_ms"] > 0
+  # Both tables split the same op time.
+  assert abs(sum(prof["by_kind"].values()) - sum(prof["by_layer"].values())) < 1e-6 * prof["op_total_ms"]
+  layers = set(prof["by_layer"])
+  assert any(l.endswith("attn/qkv/dot_general") and not l.startswith("backward") for l in layers), layers
+  assert any(l.startswith("backward: ") and "mlp/fc1" in l for l in layers), layers
+  assert "| kind | ms / step |" in run.stdout
