@@ -214,10 +214,34 @@ def build_vitjax(args, dtype, attention=None):
   return create_model(args.model, **kw)
 
 
+def optimizer():
+  import optax  # pylint: disable=g-import-not-at-top
+  return optax.adamw(1e-3, weight_decay=0.05)
+
+
+def make_forward(model):
+  """(params, images) -> logits: the timed inference program."""
+  return lambda p, x: model.apply({"params": p}, x)[0]
+
+
+def make_train_step(model, tx):
+  """The timed training step: forward, cross-entropy, backward, `tx` update."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  def step(params, opt_state, x, y, rng):
+    def loss_fn(p):
+      logits = model.apply({"params": p}, x, train=True, rngs={"dropout": rng})[0]
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+  return step
+
+
 def bench_vitjax(args, dtype_name, modes, peak):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   dtype = jnp.bfloat16 if dtype_name == "bfloat16" else jnp.float32
   model = build_vitjax(args, dtype)
   # FLOPs are counted on the XLA formulation of attention: a fused kernel (cuDNN)
@@ -229,20 +253,8 @@ def bench_vitjax(args, dtype_name, modes, peak):
   y = jax.random.randint(jax.random.PRNGKey(1), (b,), 0, args.num_classes)
   params = jax.jit(model.init)(jax.random.PRNGKey(2), x[:1])["params"]
   rows = []
-  tx = optax.adamw(1e-3, weight_decay=0.05)
-
-  def forward(model):
-    return lambda p, x: model.apply({"params": p}, x)[0]
-
-  def train_step(model):
-    def step(params, opt_state, x, y, rng):
-      def loss_fn(p):
-        logits, _ = model.apply({"params": p}, x, train=True, rngs={"dropout": rng})
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-      loss, grads = jax.value_and_grad(loss_fn)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, loss
-    return step
+  tx = optimizer()
+  train_step = lambda model: make_train_step(model, tx)
 
   def count_flops(fn, *a):
     """FLOPs of `fn(*a)`: XLA's cost analysis of the program before
@@ -260,11 +272,11 @@ def bench_vitjax(args, dtype_name, modes, peak):
     return "cudnn-fmha" if ("fmha" in text or "cudnn$f" in text) else "xla"
 
   if "inference" in modes:
-    fwd = jax.jit(forward(model))
+    fwd = jax.jit(make_forward(model))
     t0 = time.perf_counter()
     compiled = fwd.lower(params, x).compile()
     compile_s = time.perf_counter() - t0
-    flops = count_flops(forward(flops_model), params, x)
+    flops = count_flops(make_forward(flops_model), params, x)
     with RssSampler() as rss:
       med, times = timed_runs(lambda: compiled(params, x), args.runs, args.warmup,
                               jax.block_until_ready)

@@ -240,8 +240,8 @@ def cmd_qat(args):
 def cmd_remat(args):
   del args
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+  from experiments.benchmark import make_train_step  # pylint: disable=g-import-not-at-top
   from vitjax.models import create_model  # pylint: disable=g-import-not-at-top
 
   def setup(name, batch, size, remat, **kw):
@@ -250,14 +250,7 @@ def cmd_remat(args):
     y = jax.random.randint(jax.random.PRNGKey(1), (batch,), 0, model.num_classes)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(2), x[:1])["params"])
     tx = optax.adamw(1e-3)
-
-    def step(p, opt, x, y, rng):
-      def loss_fn(p):
-        logits = model.apply({"params": p}, x, train=True, rngs={"dropout": rng})[0]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-      loss, g = jax.value_and_grad(loss_fn)(p)
-      upd, opt = tx.update(g, opt, p)
-      return optax.apply_updates(p, upd), opt, loss
+    step = make_train_step(model, tx)
     opt = jax.eval_shape(tx.init, params)
     compiled = jax.jit(step).lower(params, opt, x, y, jax.random.PRNGKey(3)).compile()
     m = compiled.memory_analysis()

@@ -91,7 +91,6 @@ def main(argv=None):
                              " --xla_cpu_enable_xprof_traceme=true").strip()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
 
   bargs = benchmark.parse_args(["--model", args.model, "--batch", str(args.batch),
@@ -104,15 +103,8 @@ def main(argv=None):
   y = jax.random.randint(jax.random.PRNGKey(1), (b,), 0, args.num_classes)
   params = jax.jit(model.init)(jax.random.PRNGKey(2), x[:1])["params"]
   if args.train:
-    tx = optax.adamw(1e-3, weight_decay=0.05)
-
-    def step(params, opt_state, x, y, rng):
-      def loss_fn(p):
-        logits, _ = model.apply({"params": p}, x, train=True, rngs={"dropout": rng})
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-      loss, grads = jax.value_and_grad(loss_fn)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, loss
+    tx = benchmark.optimizer()
+    step = benchmark.make_train_step(model, tx)
     state = [params, jax.jit(tx.init)(params)]
     rng = jax.random.PRNGKey(3)
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*state, x, y, rng).compile()
@@ -121,7 +113,7 @@ def main(argv=None):
       state[0], state[1], loss = compiled(state[0], state[1], x, y, rng)
       return loss
   else:
-    compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)[0]).lower(params, x).compile()
+    compiled = jax.jit(benchmark.make_forward(model)).lower(params, x).compile()
     run = lambda: compiled(params, x)
   names = _instructions(compiled.as_text())
 

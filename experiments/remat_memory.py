@@ -55,6 +55,7 @@ def worker(label, remat, scan, steps):
   """One variant in this process; prints one JSON line."""
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+  from experiments.benchmark import make_train_step  # pylint: disable=g-import-not-at-top
   from vitjax.models import create_model  # pylint: disable=g-import-not-at-top
 
   name, batch, size, kw = MODELS[label]
@@ -62,14 +63,7 @@ def worker(label, remat, scan, steps):
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3))
   y = jax.random.randint(jax.random.PRNGKey(1), (batch,), 0, model.num_classes)
   tx = optax.adamw(1e-3)
-
-  def step(p, opt, x, y, rng):
-    def loss_fn(p):
-      logits = model.apply({"params": p}, x, train=True, rngs={"dropout": rng})[0]
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    loss, g = jax.value_and_grad(loss_fn)(p)
-    upd, opt = tx.update(g, opt, p)
-    return optax.apply_updates(p, upd), opt, loss
+  step = make_train_step(model, tx)
 
   p = jax.jit(model.init)(jax.random.PRNGKey(2), x[:1])["params"]
   opt = tx.init(p)

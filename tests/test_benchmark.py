@@ -12,8 +12,7 @@ import pytest
 
 from experiments import benchmark
 from vitjax.models import create_model
-from vitjax.models.layers.attention import (chunked_dot_product_attention,
-                                            dot_product_attention)
+from vitjax.models.layers.attention import dot_product_attention
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ("impl", "mode", "images_per_s", "mfu", "peak_memory_mb")

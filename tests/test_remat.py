@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from experiments.benchmark import make_train_step
 from vitjax.errors import UserError
 from vitjax.models import create_model
 
@@ -16,14 +17,7 @@ KW = dict(patch_size=4, hidden_size=32, depth=4, mlp_dim=64, num_heads=2, num_cl
 
 
 def _step_fn(model, tx):
-  def step(p, opt, x, y, rng):
-    def loss_fn(p):
-      logits = model.apply({"params": p}, x, train=True, rngs={"dropout": rng})[0]
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    loss, g = jax.value_and_grad(loss_fn)(p)
-    upd, opt = tx.update(g, opt, p)
-    return optax.apply_updates(p, upd), opt, loss
-  return jax.jit(step)
+  return jax.jit(make_train_step(model, tx))
 
 
 def _losses(scan_blocks, **kw):
