@@ -17,7 +17,7 @@ import resource, sys
 import jax, jax.numpy as jnp
 from vitjax import allocator
 if len(sys.argv) > 1:
-  allocator.reexec_with_tcmalloc(["-c", _SRC])   # _SRC: this script's text
+  allocator.reexec_with_tcmalloc([__file__])
 f = jax.jit(lambda x: jnp.tile(x, (64, 1)) * 2.0)
 x = jnp.ones((1024, 256), jnp.float32)     # 1 MiB in, 64 MiB out
 for _ in range(3):
@@ -31,10 +31,12 @@ print(allocator.current(), sorted(faults)[3])     # the median call
 """
 
 
-def _run(*args):
-  src = "_SRC = " + repr(_FAULTS) + "\n" + _FAULTS
-  out = subprocess.run([sys.executable, "-c", src, *args], capture_output=True, text=True,
-                       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), check=True)
+def _run(tmp_path, *args):
+  script = tmp_path / "faults.py"
+  script.write_text(_FAULTS)
+  out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT),
+                       check=True)
   name, faults = out.stdout.split()[-2:]
   return name, float(faults)
 
@@ -54,8 +56,8 @@ def _transparent_huge_pages_always():
     return False
 
 
-def test_glibc_malloc_page_faults_on_every_step():
-  name, faults = _run()
+def test_glibc_malloc_page_faults_on_every_step(tmp_path):
+  name, faults = _run(tmp_path)
   if name != "system":
     pytest.skip(f"this test process runs with {name}")
   if _transparent_huge_pages_always():
@@ -65,7 +67,39 @@ def test_glibc_malloc_page_faults_on_every_step():
 
 
 @pytest.mark.skipif(allocator.find_tcmalloc() is None, reason="tcmalloc not installed")
-def test_tcmalloc_reexec_keeps_the_pages():
-  name, faults = _run("tcmalloc")
+def test_tcmalloc_reexec_keeps_the_pages(tmp_path):
+  name, faults = _run(tmp_path, "tcmalloc")
   assert name == "tcmalloc"
   assert faults < 500, faults
+
+
+_PREFER = """
+import sys
+from vitjax import allocator
+allocator.prefer_tcmalloc([__file__])
+print(allocator.current())
+"""
+
+
+def _prefer(tmp_path, env):
+  script = tmp_path / "prefer.py"
+  script.write_text(_PREFER)
+  out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=ROOT, **env), check=True)
+  return out.stdout.split()[-1]
+
+
+@pytest.mark.skipif(allocator.find_tcmalloc() is None or allocator.current() != "system",
+                    reason="needs tcmalloc installed and a glibc-malloc test process")
+def test_prefer_tcmalloc_and_the_opt_out(tmp_path):
+  assert _prefer(tmp_path, {allocator.ENV: ""}) == "tcmalloc"
+  assert _prefer(tmp_path, {allocator.ENV: "system"}) == "system"
+
+
+def test_main_logs_its_malloc(tmp_path):
+  from conftest import run_main  # pylint: disable=g-import-not-at-top
+  p = run_main(str(tmp_path / "w"), "progress_bar=False", "total_steps=2", "log_every_steps=1",
+               "eval_every_steps=2", "batch_size=64", "eval_batch_size=40",
+               env={allocator.ENV: ""}, timeout=300)
+  expected = "malloc: tcmalloc" if allocator.find_tcmalloc() else "CPU run with glibc malloc"
+  assert expected in p.stderr, p.stderr[-3000:]

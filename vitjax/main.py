@@ -57,8 +57,7 @@ def main(argv):
     import jax  # pylint: disable=g-import-not-at-top
     from vitjax import allocator  # pylint: disable=g-import-not-at-top
     hint = allocator.hint(jax.default_backend())
-    if hint:
-      logging.getLogger("vitjax").info(hint)
+    logging.getLogger("vitjax").info(hint or f"malloc: {allocator.current()}")
     from vitjax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
     final = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
@@ -93,4 +92,7 @@ def _parse_flags_or_explain(argv):
 
 
 if __name__ == "__main__":
+  # tcmalloc when installed: glibc's malloc makes XLA:CPU page-fault on every step.
+  from vitjax import allocator  # pylint: disable=g-import-not-at-top
+  allocator.prefer_tcmalloc(["-m", "vitjax.main"] + sys.argv[1:])
   app.run(main, flags_parser=_parse_flags_or_explain)
