@@ -185,8 +185,8 @@ def measure_peak(jax, jnp, size, dtype, runs=5):
 
 def measured_mb(compiled, rss, gpu):
   """Peak memory of a vitjax row. GPU: XLA's plan (arguments + outputs +
-  temporaries). CPU: argument bytes + the process's RSS growth during the timed
-  runs, as the PyTorch rows: XLA:CPU's YNNPACK fusions allocate their own
+  temporaries). CPU: argument bytes + the memory growth `rss` sampled during the
+  timed runs, as the PyTorch rows: XLA:CPU's YNNPACK fusions allocate their own
   intermediates (e.g. a fused attention's logits), which the plan does not see."""
   if gpu:
     return planned_mb(compiled)
@@ -490,15 +490,10 @@ def summarize_run(workdir):
   return row
 
 
-def _allocator():
-  from vitjax import allocator  # pylint: disable=g-import-not-at-top
-  return allocator.current()
-
-
 def main(argv=None):
+  from vitjax import allocator  # pylint: disable=g-import-not-at-top
   args = parse_args(argv)
   if args.allocator == "tcmalloc":
-    from vitjax import allocator  # pylint: disable=g-import-not-at-top
     allocator.reexec_with_tcmalloc(
         ["-m", "experiments.benchmark"] + list(sys.argv[1:] if argv is None else argv))
   if args.pipeline or args.summarize:
@@ -523,7 +518,7 @@ def main(argv=None):
               peak_tflops=peak / 1e12, peak_dtype=jnp.dtype(peak_dtype).name,
               peak_matmul=size, jax=jax.__version__, host=platform.node(),
               load=os.getloadavg()[0], attention=args.attention,
-              allocator=_allocator())
+              allocator=allocator.current())
   print(f"# {args.model} batch {args.batch} {args.resolution}px {dtype_name} on {device} "
         f"({threads} threads, {meta['allocator']} malloc); measured {meta['peak_dtype']} matmul peak "
         f"{peak / 1e12:.3f} TFLOP/s ({size}^3 jnp.dot); load {meta['load']:.2f}",
