@@ -73,14 +73,15 @@ def _layer(op_name):
 
 
 def aggregate(events, names, runs):
-  """events: [(name, duration_ns)] of XLA ops -> (by kind, by layer) ms per step."""
+  """events: [(name, duration_ns)] of XLA ops, each name a key of `names` ->
+  (by kind, by layer) ms per step, instructions per step by kind."""
   kind, layer = collections.Counter(), collections.Counter()
   count = collections.Counter()
   for name, ns in events:
     k = re.sub(r"\.\d+$", "", name)
     kind[k] += ns / 1e6 / runs
     count[k] += 1
-    layer[_layer(names.get(name, "?"))] += ns / 1e6 / runs
+    layer[_layer(names[name])] += ns / 1e6 / runs
   return kind, layer, {k: v // runs for k, v in count.items()}
 
 

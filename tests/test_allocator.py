@@ -6,9 +6,8 @@ import sys
 
 import pytest
 
+from conftest import ROOT, run_main
 from vitjax import allocator
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Calls a jitted program whose 64 MiB output is allocated afresh on every call
 # and prints the median call's minor page faults after warm-up.
@@ -97,7 +96,6 @@ def test_prefer_tcmalloc_and_the_opt_out(tmp_path):
 
 
 def test_main_logs_its_malloc(tmp_path):
-  from conftest import run_main  # pylint: disable=g-import-not-at-top
   p = run_main(str(tmp_path / "w"), "progress_bar=False", "total_steps=2", "log_every_steps=1",
                "eval_every_steps=2", "batch_size=64", "eval_batch_size=40",
                env={allocator.ENV: ""}, timeout=300)

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from experiments import benchmark
 from vitjax.models import create_model
 from vitjax.models.layers.attention import dot_product_attention
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ("impl", "mode", "images_per_s", "mfu", "peak_memory_mb")
 TINY = ["--model", "vit_tiny_patch16_224", "--model-kw", '{"depth": 1, "num_heads": 3}',
         "--batch", "2", "--resolution", "32", "--num-classes", "10", "--runs", "5",

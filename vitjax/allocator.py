@@ -95,12 +95,13 @@ def hint(backend: str) -> Optional[str]:
   """One line for the log when a CPU run uses glibc's malloc, else None."""
   if backend != "cpu" or current() != "system" or not sys.platform.startswith("linux"):
     return None
-  if find_tcmalloc() is None:
+  path = find_tcmalloc()
+  if path is None:
     how = f"install tcmalloc ({TCMALLOC_INSTALL}): vitjax.main then preloads it"
   elif os.environ.get(ENV) == "system":
-    how = f"unset {ENV}=system to let vitjax.main preload {find_tcmalloc()}"
+    how = f"unset {ENV}=system to let vitjax.main preload {path}"
   else:
-    how = f"start it with LD_PRELOAD={find_tcmalloc()}"
+    how = f"start it with LD_PRELOAD={path}"
   return ("CPU run with glibc malloc: XLA:CPU steps page-fault on fresh buffers; "
           f"for about 20% faster training steps, {how} (vitjax/allocator.py)")
 
