@@ -29,7 +29,6 @@ except ImportError:  # tests/ imported as a package
   from tests.torchvision_stub import import_timm
 
 TOL = 1e-4
-MAX_DIFFS = {}  # case -> max |logits diff|, printed with -s
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +75,6 @@ def assert_close(case, ref, got):
   ref, got = np.asarray(ref), np.asarray(got)
   assert ref.shape == got.shape
   diff = float(np.max(np.abs(ref - got)))
-  MAX_DIFFS[case] = diff
   print(f"\n{case}: max |diff| {diff:.2e} (|ref| max {np.max(np.abs(ref)):.2f})")
   assert np.std(ref) > 0.1, "reference output is degenerate"
   assert diff <= TOL, f"{case}: max abs diff {diff}"
@@ -350,9 +348,3 @@ def test_safetensors_reader_and_round_trip_without_torch(tmp_path):
   gap2, gap_kw2 = timm_vit_to_vitjax(vitjax_to_timm_vit(gap), num_heads=2)
   assert_trees_equal(gap, gap2)
   assert gap_kw2["pool"] == "gap" and gap_kw2["fc_norm"]
-
-
-def test_print_max_diffs():
-  """Summary (visible with -s); runs last in this file."""
-  for case, diff in MAX_DIFFS.items():
-    print(f"{case:28s} {diff:.2e}")
