@@ -13,7 +13,10 @@ Without a teacher checkpoint every token is labelled with its image's label
 NFNet-F6 whose stored top-5 score maps vitjax does not read; any vitjax model
 trained on the same classes can be the teacher instead (run inside the train
 step, see vitjax/tasks/token_labeling.py). Arg 'm': LV-ViT-M (stochastic depth
-0.2). RandAugment / random erasing of the paper are not in vitjax's pipeline.
+0.2). RandAugment (2, 9) and random erasing 0.25 as in the paper (no Mixup /
+CutMix: MixToken takes their place); label maps read from a file
+(`task_kwargs.label_maps`) follow the crop and flip, not RandAugment's
+geometric ops.
 """
 
 from vitjax.config import imagenet_recipe
@@ -29,6 +32,7 @@ def get_config(arg=None):
   c.optimizer.update(grad_clip_norm=0.0, end_learning_rate=1e-5)
   c.input.eval_resize = 248 if arg != "m" else 224  # official crop_pct 0.9 (S) / 1.0 (M)
   c.ema_decay = 0.99992
+  c.augment.update(randaugment_layers=2, randaugment_magnitude=9.0, random_erase=0.25)
   c.task = "token_labeling"
   c.task_kwargs.dense_weight = 0.5
   c.task_kwargs.mix_token = True
