@@ -62,8 +62,8 @@ def test_loss_matches_hand_computation(teacher, kind):
   batch = {"image": jnp.asarray(r.randn(4, 8, 8, 3), jnp.float32),
            "label": jnp.asarray([1, 2, 3, 4])}
   params = model.init(jax.random.PRNGKey(0), batch["image"])["params"]
-  loss, (metrics, _) = task.train_loss(params, {}, batch, jax.random.PRNGKey(1),
-                                       consts=task.constants())
+  loss, (metrics, _, _) = task.train_loss(params, {}, batch, jax.random.PRNGKey(1),
+                                          consts=task.constants())
   _, out = model.apply({"params": params}, batch["image"])  # no dropout in this model
   t_logits, _ = task.teacher.apply(task.teacher_vars, batch["image"])
   ce = lambda z, y: float(np.mean(optax.softmax_cross_entropy_with_integer_labels(z, y)))

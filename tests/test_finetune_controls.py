@@ -10,7 +10,7 @@ from vitjax import optim
 from vitjax.config import default_config, validate_config
 from vitjax.errors import UserError
 from vitjax.models import create_model
-from vitjax.tasks import ClassificationTask
+from vitjax.tasks.classification import ClassificationTask
 from vitjax.train import TrainState, build_model, make_train_step, train_and_evaluate
 
 TINY_VIT = dict(depth=3, hidden_size=16, num_heads=2, mlp_dim=32, num_classes=10,

@@ -219,7 +219,7 @@ def test_token_labeling_trains_from_a_tiny_teacher(tmp_path):
 
   @jax.jit
   def step(params, state, opt):
-    (loss, (metrics, state)), g = jax.value_and_grad(task.train_loss, has_aux=True)(
+    (loss, (metrics, state, _)), g = jax.value_and_grad(task.train_loss, has_aux=True)(
         params, state, batch, rng)
     upd, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, upd), state, opt, loss, metrics

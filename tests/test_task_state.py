@@ -6,17 +6,28 @@ import numpy as np
 import optax
 
 from vitjax import checkpoint as ckpt_lib
+from vitjax.tasks import Task
 from vitjax.train import TrainState, make_train_step
 
 
-class _CountingTask:
+class _CountingTask(Task):
   """Loss (w - x)^2; state: an EMA of w (a teacher) and the last batch mean."""
+
+  def __init__(self):  # pylint: disable=super-init-not-called
+    pass  # no config, dataset or model: the step's hooks only
+
+  def eval_sums(self, params, model_state, batch):  # pragma: no cover (unused)
+    raise NotImplementedError
+
+  def eval_summary(self, sums):  # pragma: no cover (unused)
+    raise NotImplementedError
 
   def init_task_state(self, params):
     return {"teacher": params, "seen": jnp.zeros(())}
 
-  def train_loss(self, params, model_state, batch, rng, *, task_state, step):
-    del rng
+  def train_loss(self, params, model_state, batch, rng, *, consts=None, task_state=None,
+                 step=None):
+    del rng, consts
     loss = jnp.mean((params["w"] - batch["x"]) ** 2) + 0.0 * task_state["seen"]
     return loss, ({"step_seen": step.astype(jnp.float32)}, model_state,
                   jnp.mean(batch["x"]))

@@ -11,7 +11,6 @@ evaluation. Resume is exact: data order and RNG are functions of the step.
 import functools
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -31,6 +30,7 @@ from vitjax.config import validate_config
 from vitjax.errors import UserError
 from vitjax.metric_writer import MetricWriter, ProgressBar
 from vitjax.models import create_model
+from vitjax.schedules import total_train_steps  # noqa: F401  (re-exported)
 from vitjax.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,6 @@ def build_model(config, num_classes: int):
   return model
 
 
-def total_train_steps(config, info) -> int:
-  if config.total_steps:
-    return int(config.total_steps)
-  return max(1, int(math.ceil(config.num_epochs * data_lib.steps_per_epoch(config, info))))
-
-
 def _micro_batches(batch, k: int):
   """[B, ...] -> [k, B / k, ...] with micro-batch i = rows i, i + k, ... so that
   every device keeps contributing its own rows to each micro-batch."""
@@ -76,25 +70,24 @@ def make_train_step(task, tx, schedule, base_rng, *, accum_steps: int = 1,
                     opt_cfg=None, ema_decay: float = 0.0):
   """(state, batch) -> (state, metrics): one update; NaN/Inf updates are skipped.
 
+  `task` follows vitjax.tasks.base.Task: its `train_loss(params, model_state,
+  batch, rng, consts=, task_state=, step=)` returns (loss, (metrics,
+  model_state, task_out)); after the update the next task state is
+  `task.update_task_state(task_state, new_params, task_out, step)` (task_out
+  averaged over micro-batches). `consts` (the task's `constants()`, e.g. a
+  frozen teacher's weights) is an argument of the step, not a constant baked
+  into the program.
   accum_steps > 1 averages the gradients of that many micro-batches (a scan:
   one micro-batch's activations in memory at a time) before the update: the
   same update as the whole batch at once for models without batch statistics.
   `opt_cfg.freeze / unfreeze` zero the gradients and updates of frozen
-  parameters; ema_decay > 0 keeps state.ema_params. `consts` (a task's
-  `constants()`, e.g. a frozen teacher's weights) reach `task.train_loss` as
-  an argument of the step, not as constants baked into the program.
-  A task with state (`init_task_state`) gets `task_state=` and `step=` in
-  `train_loss`, which returns (loss, (metrics, model_state, task_out)); after
-  the update, `task.update_task_state(task_state, new_params, task_out, step)`
-  gives the next state (task_out averaged over micro-batches).
+  parameters; ema_decay > 0 keeps state.ema_params.
   """
-  def loss_and_grads(params, model_state, batch, rng, consts, task_state=None, step=None):
-    loss_fn = (task.train_loss if consts is None else
-               functools.partial(task.train_loss, consts=consts))
-    if task_state is not None:
-      def loss_fn(p, ms, b, r, inner=loss_fn):  # task_out rides with the metrics
-        loss, (metrics, ms, task_out) = inner(p, ms, b, r, task_state=task_state, step=step)
-        return loss, ((metrics, task_out), ms)
+  def loss_and_grads(params, model_state, batch, rng, consts, task_state, step):
+    def loss_fn(p, ms, b, r):  # task_out rides with the metrics
+      loss, (metrics, ms, task_out) = task.train_loss(
+          p, ms, b, r, consts=consts, task_state=task_state, step=step)
+      return loss, ((metrics, task_out), ms)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum_steps == 1:
       return grad_fn(params, model_state, batch, rng)
@@ -120,10 +113,8 @@ def make_train_step(task, tx, schedule, base_rng, *, accum_steps: int = 1,
 
   def train_step(state, batch, consts=None):
     rng = jax.random.fold_in(base_rng, state.step)
-    (loss, (metrics, new_model_state)), grads = loss_and_grads(
+    (loss, ((metrics, task_out), new_model_state)), grads = loss_and_grads(
         state.params, state.model_state, batch, rng, consts, state.task_state, state.step)
-    if state.task_state is not None:
-      metrics, task_out = metrics
     trainable = (optim.trainable_mask(state.params, opt_cfg, state.step)
                  if opt_cfg is not None else None)
     zero_frozen = lambda t: t if trainable is None else jax.tree.map(
@@ -140,9 +131,7 @@ def make_train_step(task, tx, schedule, base_rng, *, accum_steps: int = 1,
     if ema_decay:
       new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
                              state.ema_params, new_params)
-    new_task_state = state.task_state
-    if state.task_state is not None:
-      new_task_state = task.update_task_state(state.task_state, new_params, task_out, state.step)
+    new_task_state = task.update_task_state(state.task_state, new_params, task_out, state.step)
     new_state = state.replace(
         step=state.step + 1,
         params=keep(new_params, state.params),
@@ -158,19 +147,10 @@ def make_train_step(task, tx, schedule, base_rng, *, accum_steps: int = 1,
   return train_step
 
 
-def _data(task):
-  """Where the batches come from: the task's own iterators when it defines
-  them (e.g. segmentation), else vitjax.data's."""
-  return task if hasattr(task, "train_iterator") else data_lib
-
-
 def make_eval_fn(task, out_shardings):
-  """jit of task.eval_sums; with the task's optional `eval_outputs(params,
-  model_state, batch)` (per-example arrays, e.g. detections for COCO mAP) it
-  returns (sums, outputs) and `evaluate` hands the host copies of every
-  batch's outputs to `task.eval_summary_from_outputs(list)`."""
-  if not hasattr(task, "eval_outputs"):
-    return jax.jit(task.eval_sums, out_shardings=out_shardings)
+  """jit of (task.eval_sums, task.eval_outputs): the per-batch sums and the
+  per-example outputs (None for most tasks) that `evaluate` hands to
+  `task.eval_summary_from_outputs` on the host."""
   return jax.jit(lambda p, m, b: (task.eval_sums(p, m, b), task.eval_outputs(p, m, b)),
                  out_shardings=out_shardings)
 
@@ -178,19 +158,18 @@ def make_eval_fn(task, out_shardings):
 def evaluate(eval_fn, state, config, mesh, task):
   """One pass over the eval split; returns the task's summary metrics."""
   sums, outputs = None, []
-  for local in _data(task).eval_iterator(config, process_index=jax.process_index(),
-                                         process_count=jax.process_count()):
+  for local in task.eval_iterator(config, process_index=jax.process_index(),
+                                  process_count=jax.process_count()):
     batch = shard_lib.to_global_batch(local, mesh)
     params = state.params if state.ema_params is None else state.ema_params
-    s = eval_fn(params, state.model_state, batch)
-    if hasattr(task, "eval_outputs"):
-      s, o = s
+    s, o = eval_fn(params, state.model_state, batch)
+    if o is not None:
       outputs.append(jax.device_get(o))
     sums = s if sums is None else jax.tree.map(jnp.add, sums, s)
   sums = jax.tree.map(lambda x: float(x) if np.ndim(x) == 0 else np.asarray(x, np.float64),
                       jax.device_get(sums))  # non-scalar sums: e.g. a confusion matrix
   summary = task.eval_summary(sums)
-  if hasattr(task, "eval_outputs"):
+  if outputs:
     summary.update(task.eval_summary_from_outputs(outputs))
   return summary
 
@@ -268,8 +247,7 @@ def train_and_evaluate(config, workdir: str):
   _check_workdir_config(config, workdir)
 
   task_cls = get_task(config.task)
-  info = (task_cls.dataset_info(config) if hasattr(task_cls, "dataset_info")
-          else data_lib.get_dataset_info(config))
+  info = task_cls.dataset_info(config)
   model = build_model(config, info.num_classes)
   task = task_cls(config, info, model)
   total_steps = total_train_steps(config, info)
@@ -285,14 +263,12 @@ def train_and_evaluate(config, workdir: str):
 
   init_rng = jax.random.fold_in(base_rng, 1 << 20)
   opt = config.optimizer
-  if opt.freeze or opt.unfreeze or opt.layer_decay != 1 or hasattr(task, "check_features"):
-    # Start-up checks on the param shapes: traced once, not compiled.
-    shapes = jax.eval_shape(init_state, init_rng)[0]
-    optim.check_freeze_patterns(shapes, opt)
-    if opt.layer_decay != 1:
-      optim.layer_decay_scales(shapes, opt.layer_decay)
-    if hasattr(task, "check_features"):
-      task.check_features(shapes)
+  # Start-up checks on the param shapes: traced once, not compiled.
+  shapes = jax.eval_shape(init_state, init_rng)[0]
+  optim.check_freeze_patterns(shapes, opt)
+  if opt.layer_decay != 1:
+    optim.layer_decay_scales(shapes, opt.layer_decay)
+  task.check_params(shapes)
   params, model_state = jax.jit(init_state, out_shardings=repl)(init_rng)
   if config.init_from.checkpoint:
     params, model_state = _init_from(config, params, model_state, model)
@@ -302,7 +278,7 @@ def train_and_evaluate(config, workdir: str):
       step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), model_state=ms,
       nonfinite_step=jnp.full((), -1, jnp.int32),
       ema_params=p if config.ema_decay else None,
-      task_state=task.init_task_state(p) if hasattr(task, "init_task_state") else None),
+      task_state=task.init_task_state(p)),
       out_shardings=repl)(params, model_state)
 
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -311,7 +287,7 @@ def train_and_evaluate(config, workdir: str):
     log.info("Resumed from %s at step %d", checkpointer.directory, int(state.step))
   start_step = int(state.step)
 
-  consts = task.constants() if hasattr(task, "constants") else None
+  consts = task.constants()
   step_fn = make_train_step(task, tx, schedule, base_rng, accum_steps=config.grad_accum_steps,
                             opt_cfg=config.optimizer, ema_decay=config.ema_decay)
   batch_sharding = shard_lib.batch_sharding(mesh)
@@ -329,9 +305,8 @@ def train_and_evaluate(config, workdir: str):
   steps_per_epoch = data_lib.steps_per_epoch(config, info)
   eval_every = config.eval_every_steps or steps_per_epoch
   batches = shard_lib.prefetch_to_mesh(
-      _data(task).train_iterator(config, start_step=start_step,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count()), mesh)
+      task.train_iterator(config, start_step=start_step, process_index=jax.process_index(),
+                          process_count=jax.process_count()), mesh)
   progress = ProgressBar(total_steps, enabled=config.progress_bar)
   preemption = _Preemption()
   pending, last_log_time, last_log_step = [], time.time(), start_step

@@ -12,7 +12,7 @@ import optax
 from vitjax.data import augment as augment_lib
 from vitjax.errors import UserError
 from vitjax.tasks import mixing
-from vitjax.tasks.base import apply_model, fold_rng
+from vitjax.tasks.base import Task, apply_model, fold_rng, register_task
 
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
@@ -30,13 +30,15 @@ def topk_correct(logits, labels, k: int):
   return jnp.any(topk == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-class ClassificationTask:
+@register_task("classification")
+class ClassificationTask(Task):
   """Images -> one of `num_classes` labels."""
 
+  host_augment = True
+  mixes_batches = True
+
   def __init__(self, config, info, model):
-    self.config = config
-    self.info = info
-    self.model = model
+    super().__init__(config, info, model)
     self.num_classes = info.num_classes
     self.augment = augment_lib.resolve(config.get("augment"))
     if getattr(info, "multi_label", False):
@@ -45,11 +47,9 @@ class ClassificationTask:
           f"per image) but config.task={config.task!r} is single-label softmax "
           "classification; use --config.task=multilabel.")
 
-  def init_inputs(self):
-    s = self.config.input.image_size
-    return jnp.zeros((1, s, s, 3), jnp.float32)
-
-  def train_loss(self, params, model_state, batch, rng):
+  def train_loss(self, params, model_state, batch, rng, *, consts=None, task_state=None,
+                 step=None):
+    del consts, task_state, step
     images = batch["image"]
     if self.augment.mixing:
       targets = jax.nn.one_hot(batch["label"], self.num_classes)
@@ -65,7 +65,7 @@ class ClassificationTask:
       loss = cross_entropy(logits, batch["label"], self.num_classes,
                            self.config.label_smoothing)
     acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return loss, ({"accuracy": acc}, new_state)
+    return loss, ({"accuracy": acc}, new_state, None)
 
   def eval_sums(self, params, model_state, batch):
     logits, _, _ = apply_model(self.model, params, model_state, batch["image"], train=False)

@@ -47,7 +47,8 @@ import numpy as np
 
 from vitjax.errors import UserError
 from vitjax.tasks import matching
-from vitjax.tasks.base import apply_model
+from vitjax.tasks.base import Task, apply_model, register_task
+from vitjax.tasks.segmentation import DENSE_DATA_KWARGS
 
 CLASS_LOSSES = ("softmax_ce", "sigmoid_focal")
 _PAD_BOX = (0.5, 0.5, 1.0, 1.0)  # stands in for padded target slots (never NaN)
@@ -166,17 +167,16 @@ def set_loss(logits, out, labels, tgt_boxes, valid, opts):
   return total, parts
 
 
+LOSS_DEFAULTS = dict(class_loss="softmax_ce", class_cost=1.0, bbox_cost=5.0, giou_cost=2.0,
+                     ce_loss_coef=1.0, bbox_loss_coef=5.0, giou_loss_coef=2.0, eos_coef=0.1,
+                     focal_alpha=0.25, focal_gamma=2.0, max_detections=100)
+
+
 def loss_options(config) -> dict:
+  """The set loss's settings: LOSS_DEFAULTS updated by config.task_kwargs."""
   kw = config.get("task_kwargs") or {}
   get = kw.get if hasattr(kw, "get") else (lambda k, d: d)
-  opts = dict(class_loss=get("class_loss", "softmax_ce"),
-              class_cost=float(get("class_cost", 1.0)), bbox_cost=float(get("bbox_cost", 5.0)),
-              giou_cost=float(get("giou_cost", 2.0)), ce_loss_coef=float(get("ce_loss_coef", 1.0)),
-              bbox_loss_coef=float(get("bbox_loss_coef", 5.0)),
-              giou_loss_coef=float(get("giou_loss_coef", 2.0)),
-              eos_coef=float(get("eos_coef", 0.1)), focal_alpha=float(get("focal_alpha", 0.25)),
-              focal_gamma=float(get("focal_gamma", 2.0)),
-              max_detections=int(get("max_detections", 100)))
+  opts = {k: type(v)(get(k, v)) for k, v in LOSS_DEFAULTS.items()}
   if opts["class_loss"] not in CLASS_LOSSES:
     raise UserError(f"config.task_kwargs.class_loss={opts['class_loss']!r}; use one of "
                     f"{CLASS_LOSSES} (DETR: softmax_ce; Deformable DETR: sigmoid_focal).")
@@ -250,32 +250,18 @@ def coco_map(detections, ground_truth, class_names) -> dict:
 # The task.
 
 
-class DetectionTask:
+@register_task("detection")
+class DetectionTask(Task):
   """Images -> a set of (class, box) predictions."""
 
+  kwargs = LOSS_DEFAULTS
+  data_kwargs = ("max_boxes", "min_box_size") + DENSE_DATA_KWARGS
+  data_source = "vitjax.data.detection"
+
   def __init__(self, config, info, model):
-    self.config = config
-    self.info = info
-    self.model = model
+    super().__init__(config, info, model)
     self.num_classes = info.num_classes
     self.opts = loss_options(config)
-
-  @staticmethod
-  def dataset_info(config):
-    from vitjax.data import detection  # pylint: disable=g-import-not-at-top
-    return detection.get_dataset_info(config)
-
-  def train_iterator(self, config, **kw):
-    from vitjax.data import detection  # pylint: disable=g-import-not-at-top
-    return detection.train_iterator(config, **kw)
-
-  def eval_iterator(self, config, **kw):
-    from vitjax.data import detection  # pylint: disable=g-import-not-at-top
-    return detection.eval_iterator(config, **kw)
-
-  def init_inputs(self):
-    s = self.config.input.image_size
-    return jnp.zeros((1, s, s, 3), jnp.float32)
 
   def _check_logits(self, logits):
     want = self.num_classes + (1 if self.opts["class_loss"] == "softmax_ce" else 0)
@@ -294,10 +280,12 @@ class DetectionTask:
                             self.opts)
     return total, parts, (logits, out), new_state
 
-  def train_loss(self, params, model_state, batch, rng):
+  def train_loss(self, params, model_state, batch, rng, *, consts=None, task_state=None,
+                 step=None):
+    del consts, task_state, step
     total, parts, _, new_state = self._loss(params, model_state, batch, train=True, rng=rng)
     metrics = {k: parts[k] for k in ("loss_ce", "loss_bbox", "loss_giou")}
-    return total, (metrics, new_state)
+    return total, (metrics, new_state, None)
 
   def eval_sums(self, params, model_state, batch):
     # Padding rows have no valid boxes; their loss is dropped by the mask weight

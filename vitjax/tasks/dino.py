@@ -34,8 +34,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from vitjax.errors import UserError
-from vitjax.tasks.base import apply_model
-from vitjax.tasks.multicrop import ViewSpec, make_views
+from vitjax.schedules import cosine_momentum, teacher_temperature, total_train_steps
+from vitjax.tasks.base import Task, apply_model, register_task
+from vitjax.tasks.multicrop import ViewSpec, check_crop_size, check_scale, make_views
 
 _DEFAULTS = dict(
     global_size=224, local_size=96, num_local_crops=10,
@@ -48,19 +49,6 @@ _DEFAULTS = dict(
 def dino_kwargs(**overrides) -> ml_collections.ConfigDict:
   """config.task_kwargs for 'dino', with the defaults filled in."""
   return ml_collections.ConfigDict(dict(_DEFAULTS, **overrides))
-
-
-def cosine_momentum(step, total_steps: int, base: float):
-  """base -> 1 along a half cosine over total_steps (DINO / MoCo v3 / BYOL)."""
-  frac = jnp.minimum(step / max(total_steps, 1), 1.0)
-  return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * frac) + 1.0) / 2.0
-
-
-def teacher_temperature(step, warmup_steps: int, start: float, end: float):
-  """Linear from `start` to `end` over warmup_steps, then `end`."""
-  if warmup_steps <= 0:
-    return jnp.asarray(end, jnp.float32)
-  return start + (end - start) * jnp.minimum(step / warmup_steps, 1.0)
 
 
 def dino_loss(student, teacher, center, student_temp, teacher_temp):
@@ -76,42 +64,19 @@ def dino_loss(student, teacher, center, student_temp, teacher_temp):
   return sum(terms) / len(terms)
 
 
-def check_crop_size(name: str, size: int, patch: int):
-  if size < patch or size % patch:
-    lo = max(patch, size // patch * patch)
-    raise UserError(
-        f"config.task_kwargs.{name}={size} is not a multiple of the patch size {patch}: "
-        "the position embedding covers whole patches; use "
-        f"{lo} or {lo + patch if size > lo else 2 * patch}.")
-
-
-def check_scale(name: str, scale):
-  lo, hi = (float(v) for v in scale)
-  if not 0.0 < lo <= hi <= 1.0:
-    raise UserError(f"config.task_kwargs.{name}={tuple(scale)}: a crop area range "
-                    "(lo, hi) with 0 < lo <= hi <= 1, e.g. (0.4, 1.0) or (0.05, 0.4).")
-
-
-def read_kwargs(config, defaults, task_name):
-  """The task's kwargs with defaults; unknown keys refused."""
-  given = dict(config.task_kwargs)
-  unknown = sorted(set(given) - set(defaults))
-  if unknown:
-    raise UserError(f"config.task_kwargs {unknown} are not {task_name} settings; known: "
-                    f"{sorted(defaults)}.")
-  return dict(defaults, **given)
-
-
-class DinoTask:
+@register_task("dino")
+class DinoTask(Task):
   """Student vs EMA teacher on multi-crop views; no labels."""
 
+  host_augment = True  # the input pipeline's host-side ops run before the views
+  kwargs = _DEFAULTS
+
   def __init__(self, config, info, model):
-    from vitjax.train import total_train_steps  # pylint: disable=g-import-not-at-top
-    self.config, self.model = config, model
+    super().__init__(config, info, model)
     if not hasattr(model, "out_dim") or not hasattr(model, "head_bottleneck_dim"):
       raise UserError(f"config.task='dino' needs a DINO model (dino_vit_*), not "
                       f"{config.model_name!r}; see vitjax.models.list_models('dino_*').")
-    kw = self.kw = read_kwargs(config, _DEFAULTS, "dino")
+    kw = self.kw
     p = model.patch_size
     check_crop_size("global_size", kw["global_size"], p)
     if kw["num_local_crops"] < 0:
@@ -155,7 +120,9 @@ class DinoTask:
     loc = make_views(jax.random.fold_in(rng, 1), images, self.local_specs, inp.mean, inp.std)
     return jnp.concatenate(g), (jnp.concatenate(loc) if loc else None)
 
-  def train_loss(self, params, model_state, batch, rng, *, task_state, step):
+  def train_loss(self, params, model_state, batch, rng, *, consts=None, task_state=None,
+                 step=None):
+    del consts
     view_rng, drop_rng = jax.random.split(rng)
     images = batch["image"]
     b = images.shape[0]

@@ -30,7 +30,7 @@ import optax
 from vitjax import checkpoint as ckpt_lib
 from vitjax.errors import UserError
 from vitjax.models import create_model
-from vitjax.tasks.base import apply_model
+from vitjax.tasks.base import apply_model, register_task
 from vitjax.tasks.classification import ClassificationTask, cross_entropy
 
 _DEFAULTS = dict(teacher="", kind="hard", alpha=0.5, temperature=1.0, feature_weight=0.0,
@@ -46,19 +46,16 @@ def _teacher_config(workdir: str) -> dict:
     return json.load(f)
 
 
+@register_task("distillation")
 class DistillationTask(ClassificationTask):
   """Classification with a frozen teacher's logits (and features) as extra targets."""
 
+  mixes_batches = False  # the teacher's targets are for the unmixed images
+  kwargs = _DEFAULTS
+
   def __init__(self, config, info, model):
     super().__init__(config, info, model)
-    kw = dict(_DEFAULTS)
-    given = dict(config.task_kwargs)
-    unknown = sorted(set(given) - set(kw))
-    if unknown:
-      raise UserError(f"config.task_kwargs {unknown} are not distillation settings; known: "
-                      f"{sorted(kw)}.")
-    kw.update(given)
-    self.kw = kw
+    kw = self.kw
     if kw["kind"] not in ("hard", "soft", "none"):
       raise UserError(f"config.task_kwargs.kind={kw['kind']!r}: use 'hard', 'soft' or 'none'.")
     if not 0.0 <= kw["alpha"] <= 1.0 or kw["temperature"] <= 0:
@@ -108,7 +105,9 @@ class DistillationTask(ClassificationTask):
     logits, out = self.teacher.apply(teacher_vars, images, train=False)
     return jax.lax.stop_gradient(logits.astype(jnp.float32)), jax.lax.stop_gradient(out)
 
-  def train_loss(self, params, model_state, batch, rng, consts=None):
+  def train_loss(self, params, model_state, batch, rng, *, consts=None, task_state=None,
+                 step=None):
+    del task_state, step
     logits, out, new_state = apply_model(self.model, params, model_state, batch["image"],
                                          train=True, rng=rng)
     kw, n = self.kw, self.num_classes
@@ -144,9 +143,9 @@ class DistillationTask(ClassificationTask):
       feat = jnp.mean(jnp.square(fs - ft))
       loss = loss + kw["feature_weight"] * feat
       metrics["feature_loss"] = feat
-    return loss, (metrics, new_state)
+    return loss, (metrics, new_state, None)
 
-  def check_features(self, params_shapes):
+  def check_params(self, params_shapes):
     """Refuses a feature loss between features of different widths (before compile)."""
     if not self.kw["feature_weight"] or self.teacher is None:
       return

@@ -11,30 +11,29 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.errors import UserError
-from vitjax.tasks.base import apply_model, fold_rng
+from vitjax.tasks.base import Task, apply_model, fold_rng, register_task
 
 _EVAL_SEED = 0
 
 
-class MaeTask:
+@register_task("mae")
+class MaeTask(Task):
   """Images -> reconstruct the masked patches (pixels, MSE on masked ones)."""
 
+  host_augment = True
+
   def __init__(self, config, info, model):
-    del info  # no labels
-    self.config = config
-    self.model = model
+    super().__init__(config, info, model)  # info: no labels read
     if not hasattr(model, "mask_ratio"):
       raise UserError(f"config.task='mae' needs a masked-autoencoder model (mae_vit_*), "
                       f"not {config.model_name!r}; see vitjax.models.list_models('mae_*').")
 
-  def init_inputs(self):
-    s = self.config.input.image_size
-    return jnp.zeros((1, s, s, 3), jnp.float32)
-
-  def train_loss(self, params, model_state, batch, rng):
+  def train_loss(self, params, model_state, batch, rng, *, consts=None, task_state=None,
+                 step=None):
+    del consts, task_state, step
     _, out, new_state = apply_model(self.model, params, model_state, batch["image"],
                                     train=True, rng=rng)
-    return out["loss"], ({}, new_state)
+    return out["loss"], ({}, new_state, None)
 
   def eval_sums(self, params, model_state, batch):
     rng = fold_rng(jax.random.PRNGKey(_EVAL_SEED), "mae_eval_masks")

@@ -37,6 +37,7 @@ Inference:
     Ignored pixels (255) are left out of every segment.
 """
 
+import contextlib
 import copy
 
 import jax
@@ -45,8 +46,9 @@ import numpy as np
 
 from vitjax.errors import UserError
 from vitjax.models.maskformer import resize_nearest_torch
-from vitjax.tasks.base import apply_model
-from vitjax.tasks.segmentation import confusion_matrix, segmentation_metrics
+from vitjax.tasks.base import Task, apply_model, register_task
+from vitjax.tasks.segmentation import (DENSE_DATA_KWARGS, confusion_matrix,
+                                       segmentation_metrics)
 
 PANOPTIC_STRIDE = 16  # vitjax.data.dense: label = class + 16 * instance id
 
@@ -255,56 +257,46 @@ def _upsample(x, height, width):
 # The task.
 
 
-class MaskClassificationTask:
+@register_task("mask_classification")
+class MaskClassificationTask(Task):
   """Images -> (class, mask) pairs; trained with the matched set loss."""
 
-  def __init__(self, config, info, model):
-    self.config = config
-    self.info = info
-    self.model = model
-    self.num_classes = info.num_classes
-    kw = config.get("task_kwargs") or {}
-    self.ignore_index = int(kw.get("ignore_index", 255))
-    self.num_segments = int(kw.get("shapes_max_objects", 4)) + 1
-    self.no_object_weight = float(kw.get("no_object_weight", 0.1))
-    self.object_threshold = float(kw.get("object_threshold", 0.8))
-    self.overlap_threshold = float(kw.get("overlap_threshold", 0.8))
+  kwargs = dict(ignore_index=255, no_object_weight=0.1, object_threshold=0.8,
+                overlap_threshold=0.8)
+  data_kwargs = DENSE_DATA_KWARGS
+  data_source = "vitjax.data.dense"
 
-  @staticmethod
-  def _panoptic_config(config):
+  def __init__(self, config, info, model):
+    super().__init__(config, info, model)
+    self.num_classes = info.num_classes
+    kw = self.kw
+    self.ignore_index = int(kw["ignore_index"])
+    self.num_segments = int(kw.get("shapes_max_objects", 4)) + 1
+    self.no_object_weight = float(kw["no_object_weight"])
+    self.object_threshold = float(kw["object_threshold"])
+    self.overlap_threshold = float(kw["overlap_threshold"])
+
+  @classmethod
+  def source_config(cls, config):
+    """The shapes set with panoptic labels (class + 16 * instance id per pixel)."""
     if config.dataset.name != "shapes":
       raise UserError(f"task 'mask_classification' reads the embedded shapes set "
                       f"(config.dataset.name='shapes'), got {config.dataset.name!r}.")
     config = copy.deepcopy(config)
-    with config.unlocked() if hasattr(config, "unlocked") else _null():
+    with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
       config.task_kwargs.shapes_labels = "panoptic"
     return config
 
-  @classmethod
-  def dataset_info(cls, config):
-    from vitjax.data import dense  # pylint: disable=g-import-not-at-top
-    return dense.get_dataset_info(cls._panoptic_config(config))
-
-  def train_iterator(self, config, **kw):
-    from vitjax.data import dense  # pylint: disable=g-import-not-at-top
-    return dense.train_iterator(self._panoptic_config(config), **kw)
-
-  def eval_iterator(self, config, **kw):
-    from vitjax.data import dense  # pylint: disable=g-import-not-at-top
-    return dense.eval_iterator(self._panoptic_config(config), **kw)
-
-  def init_inputs(self):
-    s = self.config.input.image_size
-    return jnp.zeros((1, s, s, 3), jnp.float32)
-
-  def train_loss(self, params, model_state, batch, rng):
+  def train_loss(self, params, model_state, batch, rng, *, consts=None, task_state=None,
+                 step=None):
+    del consts, task_state, step
     masks, classes, valid, _ = decode_panoptic(batch["label"], self.num_segments,
                                                self.ignore_index)
     logits, out, new_state = apply_model(self.model, params, model_state, batch["image"],
                                          train=True, rng=rng)
     loss, parts = mask_classification_loss(logits, out, masks, classes, valid,
                                            no_object_weight=self.no_object_weight)
-    return loss, (parts, new_state)
+    return loss, (parts, new_state, None)
 
   def eval_sums(self, params, model_state, batch):
     label = jnp.where(batch["mask"][:, None, None], batch["label"], self.ignore_index)
@@ -330,10 +322,3 @@ class MaskClassificationTask:
                                 names))
     return out
 
-
-class _null:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *a):
-    return False

@@ -32,9 +32,9 @@ import ml_collections
 import optax
 
 from vitjax.errors import UserError
-from vitjax.tasks.base import apply_model
-from vitjax.tasks.dino import check_crop_size, check_scale, cosine_momentum, read_kwargs
-from vitjax.tasks.multicrop import ViewSpec, make_views
+from vitjax.schedules import cosine_momentum, total_train_steps
+from vitjax.tasks.base import Task, apply_model, register_task
+from vitjax.tasks.multicrop import ViewSpec, check_crop_size, check_scale, make_views
 
 _DEFAULTS = dict(temperature=0.2, momentum=0.99, crop_size=0, crop_scale=(0.08, 1.0),
                  flip=True, jitter_prob=0.8, blur=True, solarize=0.2,
@@ -64,16 +64,19 @@ def without_predictor(params):
   return {k: v for k, v in params.items() if k != "predictor"}
 
 
-class MocoV3Task:
+@register_task("moco_v3")
+class MocoV3Task(Task):
   """Queries of the trained encoder vs keys of its momentum copy; no labels."""
 
+  host_augment = True  # the input pipeline's host-side ops run before the views
+  kwargs = _DEFAULTS
+
   def __init__(self, config, info, model):
-    from vitjax.train import total_train_steps  # pylint: disable=g-import-not-at-top
-    self.config, self.model = config, model
+    super().__init__(config, info, model)
     if not hasattr(model, "proj_dim") or not hasattr(model, "pred_layers"):
       raise UserError(f"config.task='moco_v3' needs a MoCo v3 model (moco_v3_vit_*), not "
                       f"{config.model_name!r}; see vitjax.models.list_models('moco_v3_*').")
-    kw = self.kw = read_kwargs(config, _DEFAULTS, "moco_v3")
+    kw = self.kw
     self.crop_size = int(kw["crop_size"] or config.input.image_size)
     check_crop_size("crop_size", self.crop_size, model.patch_size)
     check_scale("crop_scale", kw["crop_scale"])
@@ -104,7 +107,9 @@ class MocoV3Task:
   def init_task_state(self, params):
     return {"momentum_encoder": without_predictor(params)}
 
-  def train_loss(self, params, model_state, batch, rng, *, task_state, step):
+  def train_loss(self, params, model_state, batch, rng, *, consts=None, task_state=None,
+                 step=None):
+    del consts
     view_rng, drop_rng = jax.random.split(rng)
     inp = self.config.input
     x1, x2 = make_views(view_rng, batch["image"], self.specs, inp.mean, inp.std)

@@ -23,7 +23,27 @@ from typing import Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
+from vitjax.errors import UserError
+
 _LUMA = jnp.array([0.299, 0.587, 0.114])
+
+
+def check_crop_size(name: str, size: int, patch: int):
+  """Refuses a view size (config.task_kwargs.<name>) that is not whole patches."""
+  if size < patch or size % patch:
+    lo = max(patch, size // patch * patch)
+    raise UserError(
+        f"config.task_kwargs.{name}={size} is not a multiple of the patch size {patch}: "
+        "the position embedding covers whole patches; use "
+        f"{lo} or {lo + patch if size > lo else 2 * patch}.")
+
+
+def check_scale(name: str, scale):
+  """Refuses a crop-area range (config.task_kwargs.<name>) outside 0 < lo <= hi <= 1."""
+  lo, hi = (float(v) for v in scale)
+  if not 0.0 < lo <= hi <= 1.0:
+    raise UserError(f"config.task_kwargs.{name}={tuple(scale)}: a crop area range "
+                    "(lo, hi) with 0 < lo <= hi <= 1, e.g. (0.4, 1.0) or (0.05, 0.4).")
 
 
 @dataclasses.dataclass(frozen=True)

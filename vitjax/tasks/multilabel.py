@@ -31,7 +31,7 @@ from vitjax import data as data_lib
 from vitjax.data import augment as augment_lib
 from vitjax.errors import UserError
 from vitjax.tasks import mixing
-from vitjax.tasks.base import apply_model, fold_rng
+from vitjax.tasks.base import Task, apply_model, fold_rng, register_task
 
 NUM_BINS = 4096
 LOGIT_RANGE = 16.0
@@ -114,21 +114,17 @@ def f1_at(hist, thresholds):
   return float(micro), float(per_class.mean())
 
 
-class MultiLabelTask:
+@register_task("multilabel")
+class MultiLabelTask(Task):
   """Images -> a set of classes (multi-hot labels)."""
 
+  host_augment = True
+  mixes_batches = True
+  kwargs = DEFAULTS
+
   def __init__(self, config, info, model):
-    self.config = config
-    self.info = info
-    self.model = model
+    super().__init__(config, info, model)
     self.num_classes = info.num_classes
-    kw = dict(config.task_kwargs.to_dict() if hasattr(config.task_kwargs, "to_dict")
-              else config.task_kwargs or {})
-    unknown = sorted(set(kw) - set(DEFAULTS))
-    if unknown:
-      raise UserError(f"multilabel: unknown config.task_kwargs {unknown}; known: "
-                      f"{sorted(DEFAULTS)}.")
-    self.kw = {**DEFAULTS, **kw}
     self.threshold_split = self.kw["threshold_split"] or config.dataset.train_split
     if not getattr(info, "multi_label", False):
       raise UserError(
@@ -138,14 +134,7 @@ class MultiLabelTask:
           "'digits_multilabel' or the TFDS 'voc/2007'.")
     self.augment = augment_lib.resolve(config.get("augment"))
 
-  def init_inputs(self):
-    s = self.config.input.image_size
-    return jnp.zeros((1, s, s, 3), jnp.float32)
-
   # Evaluation reads the threshold split, then the eval split (see module doc).
-  def train_iterator(self, config, **kw):
-    return data_lib.train_iterator(config, **kw)
-
   def eval_iterator(self, config, **kw):
     held = config.copy_and_resolve_references()
     held.dataset.eval_split = self.threshold_split
@@ -154,7 +143,9 @@ class MultiLabelTask:
       for batch in batches:
         yield dict(batch, part=np.full(batch["mask"].shape, part, np.int32))
 
-  def train_loss(self, params, model_state, batch, rng):
+  def train_loss(self, params, model_state, batch, rng, *, consts=None, task_state=None,
+                 step=None):
+    del consts, task_state, step
     images, targets = batch["image"], batch["label"].astype(jnp.float32)
     if self.config.label_smoothing:
       e = self.config.label_smoothing
@@ -164,7 +155,7 @@ class MultiLabelTask:
                                        train=True, rng=rng)
     loss = jnp.mean(bce_loss(logits, targets))
     acc = jnp.mean((logits > 0) == (batch["label"] > 0))
-    return loss, ({"label_accuracy": acc}, new_state)
+    return loss, ({"label_accuracy": acc}, new_state, None)
 
   def eval_sums(self, params, model_state, batch):
     logits, _, _ = apply_model(self.model, params, model_state, batch["image"], train=False)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.tasks.base import apply_model
+from vitjax.tasks.base import Task, apply_model, register_task
 
 
 def upsample_logits(logits, height: int, width: int):
@@ -64,41 +64,33 @@ def segmentation_metrics(confusion, class_names=None) -> dict:
   return out
 
 
-class SegmentationTask:
+# Settings vitjax.data.dense reads from config.task_kwargs (its docstring has them).
+DENSE_DATA_KWARGS = ("num_classes", "image_key", "mask_key", "num_train_images",
+                     "num_eval_images", "shapes_image_size", "shapes_max_objects",
+                     "shapes_size_range", "shapes_labels", "scale_range", "color_jitter")
+
+
+@register_task("segmentation")
+class SegmentationTask(Task):
   """Images -> a class per pixel."""
 
+  kwargs = {"ignore_index": 255}
+  data_kwargs = DENSE_DATA_KWARGS
+  data_source = "vitjax.data.dense"
+
   def __init__(self, config, info, model):
-    self.config = config
-    self.info = info
-    self.model = model
+    super().__init__(config, info, model)
     self.num_classes = info.num_classes
-    kw = config.get("task_kwargs") or {}
-    self.ignore_index = int(kw.get("ignore_index", 255))
-
-  # The data this task reads (the trainer uses these instead of vitjax.data's).
-  @staticmethod
-  def dataset_info(config):
-    from vitjax.data import dense  # pylint: disable=g-import-not-at-top
-    return dense.get_dataset_info(config)
-
-  def train_iterator(self, config, **kw):
-    from vitjax.data import dense  # pylint: disable=g-import-not-at-top
-    return dense.train_iterator(config, **kw)
-
-  def eval_iterator(self, config, **kw):
-    from vitjax.data import dense  # pylint: disable=g-import-not-at-top
-    return dense.eval_iterator(config, **kw)
-
-  def init_inputs(self):
-    s = self.config.input.image_size
-    return jnp.zeros((1, s, s, 3), jnp.float32)
+    self.ignore_index = int(self.kw["ignore_index"])
 
   def _logits(self, params, model_state, images, labels, *, train, rng=None):
     logits, _, new_state = apply_model(self.model, params, model_state, images, train=train,
                                        rng=rng)
     return upsample_logits(logits, *labels.shape[1:3]), new_state
 
-  def train_loss(self, params, model_state, batch, rng):
+  def train_loss(self, params, model_state, batch, rng, *, consts=None, task_state=None,
+                 step=None):
+    del consts, task_state, step
     labels = batch["label"]
     logits, new_state = self._logits(params, model_state, batch["image"], labels, train=True,
                                      rng=rng)
@@ -106,7 +98,7 @@ class SegmentationTask:
     loss = total / jnp.maximum(count, 1)
     valid = labels != self.ignore_index
     acc = jnp.sum((jnp.argmax(logits, -1) == labels) & valid) / jnp.maximum(jnp.sum(valid), 1)
-    return loss, ({"pixel_accuracy": acc}, new_state)
+    return loss, ({"pixel_accuracy": acc}, new_state, None)
 
   def eval_sums(self, params, model_state, batch):
     labels = batch["label"]

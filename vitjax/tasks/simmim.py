@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.errors import UserError
-from vitjax.tasks.base import apply_model, fold_rng
+from vitjax.tasks.base import Task, apply_model, fold_rng, register_task
 
 _EVAL_SEED = 0
 _DEFAULTS = dict(norm_pix_loss=False)
@@ -93,30 +93,22 @@ def check_geometry(image_size: int, model) -> None:
         f"mask_patch_size) or an image size that is a multiple of {mp}.")
 
 
-class SimMimTask:
+@register_task("simmim")
+class SimMimTask(Task):
   """Images -> reconstruct the masked blocks' pixels (L1 on masked pixels)."""
 
+  host_augment = True
+  kwargs = _DEFAULTS
+
   def __init__(self, config, info, model):
-    del info  # no labels
-    self.config = config
-    self.model = model
+    super().__init__(config, info, model)  # info: no labels read
     if not hasattr(model, "mask_patch_size"):
       raise UserError(f"config.task='simmim' needs a SimMIM model (simmim_*), not "
                       f"{config.model_name!r}; see vitjax.models.list_models('simmim_*').")
     check_geometry(config.input.image_size, model)
-    given = dict(config.get("task_kwargs") or {})
-    unknown = sorted(set(given) - set(_DEFAULTS))
-    if unknown:
-      raise UserError(f"config.task_kwargs {unknown} are not simmim settings; known: "
-                      f"{sorted(_DEFAULTS)} (e.g. --config.task_kwargs.norm_pix_loss=True).")
-    self.kw = dict(_DEFAULTS, **given)
     if not isinstance(self.kw["norm_pix_loss"], bool):
       raise UserError(f"config.task_kwargs.norm_pix_loss={self.kw['norm_pix_loss']!r} "
                       "must be True or False.")
-
-  def init_inputs(self):
-    s = self.config.input.image_size
-    return jnp.zeros((1, s, s, 3), jnp.float32)
 
   def masks(self, rng, images):
     m = self.model
@@ -129,13 +121,15 @@ class SimMimTask:
       return normalize_cells(images, self.model.stride)
     return images
 
-  def train_loss(self, params, model_state, batch, rng):
+  def train_loss(self, params, model_state, batch, rng, *, consts=None, task_state=None,
+                 step=None):
+    del consts, task_state, step
     images = batch["image"]
     mask = self.masks(fold_rng(rng, "simmim_masks"), images)
     rec, _, new_state = apply_model(self.model, params, model_state, images, train=True,
                                     rng=rng, mask=mask)
     loss, _ = masked_l1(self.targets(images), rec, mask, self.model.patch_size)
-    return loss, ({}, new_state)
+    return loss, ({}, new_state, None)
 
   def eval_sums(self, params, model_state, batch):
     images = batch["image"]

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import optax
 
 from vitjax.errors import UserError
-from vitjax.tasks.base import apply_model, fold_rng
+from vitjax.tasks.base import apply_model, fold_rng, register_task
 from vitjax.tasks.classification import ClassificationTask
 
 DEFAULTS = dict(dense_weight=0.5, mix_token=True, mix_alpha=1.0, teacher_checkpoint="",
@@ -144,18 +144,15 @@ def _load_teacher(kw, num_classes):
   return teacher, variables
 
 
+@register_task("token_labeling")
 class TokenLabelingTask(ClassificationTask):
   """Classification + per-token soft labels + MixToken, for LV-ViT-like models."""
 
+  mixes_batches = False  # MixToken mixes inside the model; Mixup / CutMix targets unused
+  kwargs = DEFAULTS
+
   def __init__(self, config, info, model):
     super().__init__(config, info, model)
-    kw = dict(config.task_kwargs.to_dict() if hasattr(config.task_kwargs, "to_dict")
-              else config.task_kwargs)
-    unknown = sorted(set(kw) - set(DEFAULTS))
-    if unknown:
-      raise UserError(f"token_labeling: unknown config.task_kwargs {unknown}; known: "
-                      f"{sorted(DEFAULTS)}.")
-    self.kw = {**DEFAULTS, **kw}
     if "mix_box" not in inspect.signature(type(model).__call__).parameters:
       raise UserError(f"token_labeling needs a model with per-token logits and MixToken "
                       f"(out['token_logits'], a mix_box argument), e.g. lvvit_s; "
@@ -179,15 +176,10 @@ class TokenLabelingTask(ClassificationTask):
 
   # Batches: vitjax.data's, plus each example's stored score map (label_maps).
   def train_iterator(self, config, **kwargs):
-    from vitjax import data as data_lib  # pylint: disable=g-import-not-at-top
-    batches = data_lib.train_iterator(config, **kwargs)
+    batches = super().train_iterator(config, **kwargs)
     if self.label_maps is None:
       return batches
     return ({**b, **self.label_maps.lookup(b["index"])} for b in batches)
-
-  def eval_iterator(self, config, **kwargs):
-    from vitjax import data as data_lib  # pylint: disable=g-import-not-at-top
-    return data_lib.eval_iterator(config, **kwargs)
 
   def dense_targets(self, images, labels_soft, grid, batch=None):
     """[B, N, K] token targets: the teacher's score maps (on the fly or from the
@@ -206,7 +198,9 @@ class TokenLabelingTask(ClassificationTask):
     return dense_targets_from_scores(scores, grid, self.kw["teacher_temperature"],
                                      self.kw["teacher_topk"])
 
-  def train_loss(self, params, model_state, batch, rng):
+  def train_loss(self, params, model_state, batch, rng, *, consts=None, task_state=None,
+                 step=None):
+    del consts, task_state, step
     images, labels = batch["image"], batch["label"]
     p = self.model.patch_size
     grid = (images.shape[1] // p, images.shape[2] // p)
@@ -225,4 +219,4 @@ class TokenLabelingTask(ClassificationTask):
         out["logits_cls"], out["token_logits"], target, dense, self.kw["dense_weight"])
     acc = jnp.mean(jnp.argmax(out["logits_cls"], -1) == labels)
     return loss, ({"accuracy": acc, "loss_cls": loss_cls, "loss_dense": loss_dense},
-                  new_state)
+                  new_state, None)
