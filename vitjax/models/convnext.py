@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vitjax.errors import UserError
+from vitjax.models.features import FeatureLevel, stage_layer_groups
 from vitjax.models.layers import DropPath, Mlp
 from vitjax.models.registry import register_model
 
@@ -77,6 +78,16 @@ class ConvNeXt(nn.Module):
                       f"{tuple(self.widths)} must all be >= 1.")
     if self.patch_size < 1:
       raise UserError(f"ConvNeXt patch_size={self.patch_size} must be >= 1.")
+
+  def feature_levels(self):
+    """'stage_i' at stride patch_size * 2^i, widths[i] wide (models/features.py)."""
+    return tuple(FeatureLevel(f"stage_{i}", self.patch_size * 2 ** i, c)
+                 for i, c in enumerate(self.widths[:len(self.depths)]))
+
+  def layer_groups(self):
+    """The stem, then every block; a stage's downsampling joins its first block."""
+    return stage_layer_groups(("stem_conv", "stem_norm"), self.depths,
+                              first=("stage_{i}_downsample_norm", "stage_{i}_downsample_conv"))
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):

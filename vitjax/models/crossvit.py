@@ -25,6 +25,7 @@ large branch a 224 px one.
 `__call__(images, train=False)` returns `(logits, out)`. `out` holds, for the
 small-patch branch 0: 'stem' (patch grid), 'stage_{i}' (patch tokens after
 multi-scale encoder i, NHWC), 'encoded' (final normed tokens, class first),
+'feature_map' (its normed patch tokens, NHWC: the declared feature level),
 'logits_0'; the same for branch j >= 1 with the suffix '_b{j}' ('stem_b1',
 'stage_0_b1', 'encoded_b1', 'logits_1'); 'pre_logits' (the branches' pooled
 tokens concatenated, timm's pre-logits) and 'logits'.
@@ -36,6 +37,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vitjax.errors import UserError
+from vitjax.models.features import FeatureLevel
 from vitjax.models.layers import (ClassTokenCrossAttention, DropPath, PatchEmbed,
                                   resize_bicubic_torch)
 from vitjax.models.layers.mlp import gelu
@@ -233,6 +235,21 @@ class CrossViT(nn.Module):
           f"{' or '.join(map(str, near))} (set model.image_size and input.image_size).")
     return sizes
 
+  def feature_levels(self):
+    """'feature_map': the first (small-patch) branch's tokens after its final
+    norm, at stride patch_sizes[0] when that branch sees the full image
+    (img_scale[0] == 1; models/features.py)."""
+    if self.img_scale[0] != 1:
+      return ()
+    return (FeatureLevel("feature_map", self.patch_sizes[0], self.embed_dims[0]),)
+
+  def layer_groups(self):
+    """Every branch's embeddings, then the multi-scale blocks (models/features.py)."""
+    n = len(self.patch_sizes)
+    stem = tuple(f"{k}_{j}" for j in range(n) for k in ("patch_embed", "cls_token",
+                                                          "pos_embed"))
+    return (stem,) + tuple((f"block_{i}",) for i in range(self.num_blocks))
+
   @nn.compact
   def __call__(self, images, *, train: bool = False):
     sizes = self.check()
@@ -280,6 +297,8 @@ class CrossViT(nn.Module):
     for j, x in enumerate(xs):
       x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name=f"norm_{j}")(x)
       out["encoded" + sfx(j)] = x
+      if j == 0:  # the declared feature level (models/features.py)
+        out["feature_map"] = x[:, 1:].reshape(b, *grids[0], -1)
       pooled.append(x[:, 0] if self.pool == "cls" else jnp.mean(x[:, 1:], axis=1))
     out["pre_logits"] = jnp.concatenate(pooled, axis=-1)
     if not self.num_classes:

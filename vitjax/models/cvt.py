@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.errors import UserError
+from vitjax.models.features import FeatureLevel, stage_layer_groups
 from vitjax.models.layers import DropPath, Mlp, dot_product_attention
 from vitjax.models.layers.checks import check_stage_fields
 from vitjax.models.pvt import check_input_size
@@ -169,6 +170,17 @@ class ConvolutionalVisionTransformer(nn.Module):
                         f"padding {p} does not map an n-side map to n / {s}; use "
                         f"2 * padding < kernel <= 2 * padding + stride.")
     check_input_size(h, w, self.patch_strides, (1,) * len(self.depths), family="CvT")
+
+  def feature_levels(self):
+    """'stage_i' (class token left out) at the product of patch_strides so far,
+    embed_dims[i] wide (models/features.py)."""
+    return tuple(FeatureLevel(f"stage_{i}", int(np.prod(self.patch_strides[:i + 1])), c)
+                 for i, c in enumerate(self.embed_dims[:len(self.depths)]))
+
+  def layer_groups(self):
+    """The class token, then every block; a stage's conv embedding joins its first."""
+    return stage_layer_groups(("cls_token",), self.depths,
+                              first=("stage_{i}_embed", "stage_{i}_embed_norm"))
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):

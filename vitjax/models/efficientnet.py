@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vitjax.errors import UserError
+from vitjax.models.features import FeatureLevel, stage_layer_groups
 from vitjax.models.layers import ConvBN, DropPath, round_channels
 from vitjax.models.registry import register_model
 
@@ -152,6 +153,19 @@ class EfficientNet(nn.Module):
   def round_repeats(self, repeats: int) -> int:
     """Depth scaling: repeats * depth_mult, rounded up."""
     return int(math.ceil(self.depth_mult * repeats))
+
+  def feature_levels(self):
+    """'stage_i' after each row of `blocks` (B0: strides 2, 4, 8, 16, 16, 32,
+    32; two pairs share a stride), round_filters(out) wide (models/features.py)."""
+    levels, stride = [], 2
+    for i, row in enumerate(self.blocks):
+      stride *= row[2]
+      levels.append(FeatureLevel(f"stage_{i}", stride, self.round_filters(row[4])))
+    return tuple(levels)
+
+  def layer_groups(self):
+    """The stem, then every MBConv block (models/features.py)."""
+    return stage_layer_groups(("stem",), [self.round_repeats(r[5]) for r in self.blocks])
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.errors import UserError
+from vitjax.models.features import FeatureLevel, stage_layer_groups
 from vitjax.models.layers import DropPath, Mlp, PatchEmbed
 from vitjax.models.layers.checks import check_stage_fields
 from vitjax.models.layers.focal_attention import FocalAttention, focal_num_keys
@@ -159,6 +160,16 @@ class FocalTransformer(nn.Module):
       if e < 0:
         raise UserError(f"Focal Transformer stage {i}: expand_size {e} must be >= 0.")
     check_input_size(h, w, self.patch_size, len(self.depths), self.window_size)
+
+  def feature_levels(self):
+    """'stage_i' at stride patch_size * 2^i, embed_dim * 2^i wide (models/features.py)."""
+    return tuple(FeatureLevel(f"stage_{i}", self.patch_size * 2 ** i, self.embed_dim * 2 ** i)
+                 for i in range(len(self.depths)))
+
+  def layer_groups(self):
+    """The patch embedding, then every block; a stage's downsampling joins its first."""
+    return stage_layer_groups(("patch_embed", "patch_embed_norm"), self.depths,
+                              first=("stage_{i}_downsample", "stage_{i}_downsample_norm"))
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):

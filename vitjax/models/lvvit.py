@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.errors import UserError
+from vitjax.models.features import FeatureLevel
 from vitjax.models.layers import ConvBN, PatchEmbed, resample_posemb
 from vitjax.models.registry import register_model
 from vitjax.models.vit import EncoderBlock
@@ -152,6 +153,16 @@ class LVViT(nn.Module):
                       f"num_heads={self.num_heads}.")
     if self.skip_lam <= 0:
       raise UserError(f"LV-ViT: skip_lam={self.skip_lam} must be > 0 (1 = no scaling).")
+
+  def feature_levels(self):
+    """'feature_map' (= 'stage_0'): patch tokens after the final norm, at
+    stride patch_size (models/features.py)."""
+    return (FeatureLevel("feature_map", self.patch_size, self.hidden_size),)
+
+  def layer_groups(self):
+    """The conv stem and token embeddings, then every block (models/features.py)."""
+    return (("patch_embed", "cls_token", "pos_embedding"),) + tuple(
+        (f"block_{i}",) for i in range(self.depth))
 
   @nn.compact
   def __call__(self, images, *, train: bool = False, mix_box=None):

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.errors import UserError
+from vitjax.models.features import FeatureLevel
 from vitjax.models.layers import PatchEmbed, sincos_posemb_2d
 from vitjax.models.registry import register_model
 from vitjax.models.vit import VIT_SIZES, EncoderBlock
@@ -162,6 +163,16 @@ class MaskedAutoencoder(nn.Module):
     super().__post_init__()
 
   num_prefix_tokens = 1  # the class token
+
+  def feature_levels(self):
+    """'feature_map' (given when nothing is masked): patch tokens after the
+    encoder's norm, at stride patch_size (models/features.py)."""
+    return (FeatureLevel("feature_map", self.patch_size, self.hidden_size),)
+
+  def layer_groups(self):
+    """The encoder's embeddings and blocks; the decoder is the top layer."""
+    return (("patch_embed", "cls_token", "pos_embedding"),) + tuple(
+        (f"block_{i}",) for i in range(self.depth))
 
   @nn.compact
   def __call__(self, images, *, train: bool = False, noise: Optional[jax.Array] = None):

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.errors import UserError
+from vitjax.models.features import FeatureLevel
 from vitjax.models.layers import Attention, ConvBN, DropPath, Mlp, round_channels
 from vitjax.models.registry import register_model
 
@@ -142,6 +143,16 @@ class MobileViTBlock(nn.Module):
         jnp.concatenate([x, y], axis=-1), train)
 
 
+def mobilevit_layer_groups(stage_1_blocks: int):
+  """Block order of MobileViT v1 / v2: stem; stage_0's block; stage_1's
+  blocks; then stages 2-4 as (strided block, MobileViT block) pairs."""
+  groups = [("stem",), ("stage_0_block_0",)]
+  groups += [(f"stage_1_block_{j}",) for j in range(stage_1_blocks)]
+  for i in range(2, 5):
+    groups += [(f"stage_{i}_down",), (f"stage_{i}_mobilevit",)]
+  return tuple(groups)
+
+
 def _check_size(images, multiple: int, what: str):
   h, w = images.shape[1:3]
   if h % multiple or w % multiple:
@@ -193,6 +204,16 @@ class MobileViT(nn.Module):
                       f"num_heads={self.num_heads}.")
     if self.patch_size < 1:
       raise UserError(f"MobileViT patch_size={self.patch_size} must be >= 1.")
+
+  def feature_levels(self):
+    """'stage_0'..'stage_4' at strides 2, 4, 8, 16, 32 (models/features.py)."""
+    w = self.widths
+    return tuple(FeatureLevel(f"stage_{i}", 2 ** (i + 1), w[i + 1]) for i in range(5))
+
+  def layer_groups(self):
+    """The stem, the MobileNet blocks, then each stage's strided block and
+    MobileViT block (models/features.py)."""
+    return mobilevit_layer_groups(3)
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
@@ -400,6 +421,15 @@ class MobileViTV2(nn.Module):
 
   def dims(self):
     return tuple(round_channels(d * self.width_mult, 8) for d in V2_DIMS)
+
+  def feature_levels(self):
+    """'stage_0'..'stage_4' at strides 2, 4, 8, 16, 32 (models/features.py)."""
+    w = self.widths()
+    return tuple(FeatureLevel(f"stage_{i}", 2 ** (i + 1), w[i + 1]) for i in range(5))
+
+  def layer_groups(self):
+    """As MobileViT's, with two stage-1 blocks."""
+    return mobilevit_layer_groups(2)
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.errors import UserError
+from vitjax.models.features import FeatureLevel, stage_layer_groups
 from vitjax.models.layers import DropPath, Mlp
 from vitjax.models.layers.checks import check_stage_fields
 from vitjax.models.layers.neighborhood_attention import (NeighborhoodAttention,
@@ -159,6 +160,18 @@ class NAT(nn.Module):
               f"{max(dil[i])} = {n} <= the map side. Use an input side >= {smallest} "
               f"(--config.input.image_size), or kernel_size <= {k_fit} at this input "
               f"(with dilations={dil}).")
+
+  def feature_levels(self):
+    """'stage_i' (after level i) at stride 4 * 2^i, embed_dim * 2^i wide
+    (models/features.py)."""
+    return tuple(FeatureLevel(f"stage_{i}", 4 * 2 ** i, self.embed_dim * 2 ** i)
+                 for i in range(len(self.depths)))
+
+  def layer_groups(self):
+    """The tokenizer, then every block; a level's downsampling joins its first."""
+    return stage_layer_groups(("tokenizer_conv0", "tokenizer_conv1", "tokenizer_norm"),
+                              self.depths, block="level_{i}_block_{j}",
+                              first=("level_{i}_downsample", "level_{i}_downsample_norm"))
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):

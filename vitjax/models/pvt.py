@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.errors import UserError
+from vitjax.models.features import FeatureLevel, stage_layer_groups
 from vitjax.models.layers import DropPath, dot_product_attention, resample_posemb
 from vitjax.models.layers.checks import check_stage_fields
 from vitjax.models.layers.mlp import gelu
@@ -268,6 +269,18 @@ class PyramidVisionTransformerV2(nn.Module):
                                         "sr_ratios", "patch_sizes", "strides"))
     check_input_size(h, w, self.strides, self.sr_ratios, self.linear)
 
+  def feature_levels(self):
+    """'stage_i' (after stage i's norm) at the product of the strides so far,
+    embed_dims[i] wide (models/features.py)."""
+    return tuple(FeatureLevel(f"stage_{i}", int(np.prod(self.strides[:i + 1])), c)
+                 for i, c in enumerate(self.embed_dims[:len(self.depths)]))
+
+  def layer_groups(self):
+    """Every block; a stage's patch embedding joins its first, its norm its last."""
+    return stage_layer_groups((), self.depths,
+                              first=("stage_{i}_patch_embed", "stage_{i}_patch_embed_norm"),
+                              last=("stage_{i}_norm",))
+
   @nn.compact
   def __call__(self, images, *, train: bool = False):
     b, h, w, _ = images.shape
@@ -361,6 +374,19 @@ class PyramidVisionTransformer(nn.Module):
       raise UserError(f"PVT: image_size={self.image_size} (the grid the position "
                       "embeddings are stored for) is not a valid input size: "
                       f"{_size_problem(self.image_size, self.patch_sizes, self.sr_ratios, False)}.")
+
+  def feature_levels(self):
+    """'stage_i' (class token left out) at the product of the patch sizes so
+    far, embed_dims[i] wide (models/features.py)."""
+    return tuple(FeatureLevel(f"stage_{i}", int(np.prod(self.patch_sizes[:i + 1])), c)
+                 for i, c in enumerate(self.embed_dims[:len(self.depths)]))
+
+  def layer_groups(self):
+    """The class token, then every block; a stage's patch embedding and
+    position embedding join its first."""
+    return stage_layer_groups(("cls_token",), self.depths,
+                              first=("stage_{i}_patch_embed", "stage_{i}_patch_embed_norm",
+                                     "stage_{i}_pos_embed"))
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vitjax.errors import UserError
+from vitjax.models.features import FeatureLevel, stage_layer_groups
 from vitjax.models.layers import ConvBN, DropPath
 from vitjax.models.registry import register_model
 
@@ -147,6 +148,16 @@ class ResNet(nn.Module):
       raise UserError(f"ResNet bottleneck stage widths {widths} must be multiples of 4 "
                       "(the inner width is a quarter of the output width).")
     return block, depths, widths, self.stem_width or self.width
+
+  def feature_levels(self):
+    """'stage_i' at stride 4 * 2^i (2^i with small_stem); see models/features.py."""
+    _, depths, widths, _ = self.architecture()
+    base = 1 if self.small_stem else 4
+    return tuple(FeatureLevel(f"stage_{i}", base * 2 ** i, c) for i, c in enumerate(widths))
+
+  def layer_groups(self):
+    """The stem, then every block in forward order (models/features.py)."""
+    return stage_layer_groups(("stem",), self.architecture()[1])
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.errors import UserError
+from vitjax.models.features import select_features
 from vitjax.models.layers import ConvBN
 from vitjax.models.pvt import PyramidVisionTransformerV2
 from vitjax.models.registry import register_model
@@ -84,18 +85,31 @@ class SegFormer(nn.Module):
       raise UserError(f"SegFormer: decoder_dim must be a positive integer (256 for B0/B1, "
                       f"768 for B2-B5), got {self.decoder_dim!r}.")
 
-  @nn.compact
-  def __call__(self, images, *, train: bool = False):
-    self._checks()
-    encoder = PyramidVisionTransformerV2(
+  def mit_encoder(self, **kw):
+    """The MiT encoder (PVT v2 without a head); `kw`: name or parent."""
+    return PyramidVisionTransformerV2(
         num_classes=0, embed_dims=self.embed_dims, depths=self.depths,
         num_heads=self.num_heads, mlp_ratios=self.mlp_ratios, sr_ratios=self.sr_ratios,
         patch_sizes=self.patch_sizes, strides=self.strides, qkv_bias=self.qkv_bias,
         dropout=self.encoder_dropout, attention_dropout=self.attention_dropout,
         drop_path_rate=self.drop_path_rate, layer_norm_eps=self.layer_norm_eps,
-        dtype=self.dtype, name="encoder")
+        dtype=self.dtype, **kw)
+
+  def feature_levels(self):
+    """The encoder's 'stage_i' levels, returned under the same keys (models/features.py)."""
+    return self.mit_encoder(parent=None).feature_levels()
+
+  def layer_groups(self):
+    """The encoder's blocks; the decode head is the top layer (models/features.py)."""
+    return tuple(tuple(f"encoder/{n}" for n in g)
+                 for g in self.mit_encoder(parent=None).layer_groups())
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    self._checks()
+    encoder = self.mit_encoder(name="encoder")
     _, enc = encoder(images, train=train)
-    maps = [enc[f"stage_{i}"] for i in range(len(self.depths))]
+    maps = select_features(encoder, enc, levels="all")
     out = {f"stage_{i}": m for i, m in enumerate(maps)}
     out["encoded"] = maps[-1]
     _, h, w, _ = maps[0].shape

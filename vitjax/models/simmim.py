@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vitjax.errors import UserError
+from vitjax.models.features import feature_levels, layer_groups
 from vitjax.models.registry import create_model, register_model
 
 
@@ -36,9 +37,9 @@ def pixel_shuffle(x, scale: int, channels: int = 3):
 
 
 def output_stride(encoder) -> int:
-  """Input pixels per position of the encoder's last feature map."""
-  depths = getattr(encoder, "depths", None)  # hierarchical (Swin): halves per stage
-  return encoder.patch_size * (2 ** (len(depths) - 1) if depths else 1)
+  """Input pixels per position of the encoder's last feature map: the stride
+  of its deepest declared feature level (models/features.py)."""
+  return feature_levels(encoder)[-1].stride
 
 
 class SimMIM(nn.Module):
@@ -74,6 +75,14 @@ class SimMIM(nn.Module):
   @property
   def stride(self) -> int:
     return output_stride(self.encoder)
+
+  def feature_levels(self):
+    """The encoder's (models/features.py)."""
+    return feature_levels(self.encoder)
+
+  def layer_groups(self):
+    """The encoder's (its parameters keep their names); the head is the top layer."""
+    return layer_groups(self.encoder)
 
   @property
   def num_prefix_tokens(self) -> int:

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.errors import UserError
+from vitjax.models.features import FeatureLevel, stage_layer_groups
 from vitjax.models.layers import (DropPath, Mlp, PatchEmbed, WindowAttention,
                                   WindowAttentionV2, apply_mask_token, shifted_window_mask,
                                   window_partition, window_reverse)
@@ -228,6 +229,16 @@ class SwinTransformer(nn.Module):
     if self.window_size < 1:
       raise UserError(f"Swin window_size must be >= 1, got {self.window_size}.")
     check_input_size(h, w, self.patch_size, len(self.depths), self.window_size)
+
+  def feature_levels(self):
+    """'stage_i' at stride patch_size * 2^i, embed_dim * 2^i wide (models/features.py)."""
+    return tuple(FeatureLevel(f"stage_{i}", self.patch_size * 2 ** i, self.embed_dim * 2 ** i)
+                 for i in range(len(self.depths)))
+
+  def layer_groups(self):
+    """The patch embedding, then every block; a stage's patch merging joins its first."""
+    return stage_layer_groups(("patch_embed", "patch_embed_norm", "mask_token"), self.depths,
+                              first=("stage_{i}_downsample",))
 
   @nn.compact
   def __call__(self, images, *, train: bool = False, mask=None):

@@ -25,6 +25,7 @@ from vitjax.models.layers import (Attention, DropPath, Mlp, PatchEmbed, apply_ma
                                   sincos_posemb_2d)
 from vitjax.compress.tome import merge_tokens
 from vitjax.errors import UserError
+from vitjax.models.features import FeatureLevel
 from vitjax.models.registry import register_model
 
 
@@ -137,6 +138,22 @@ class VisionTransformer(nn.Module):
   head_counts: str = ""
   tome_r: int = 0
   scan_blocks: bool = False
+
+  def feature_levels(self):
+    """'feature_map': the patch tokens after the final norm, at stride
+    patch_size (none with token merging, tome_r > 0; models/features.py)."""
+    if self.tome_r:
+      return ()
+    return (FeatureLevel("feature_map", self.patch_size, self.hidden_size),)
+
+  def layer_groups(self):
+    """The patch / token embeddings, then every block (models/features.py)."""
+    if self.scan_blocks:
+      raise UserError("A ViT with scan_blocks=True stacks its blocks in one parameter, so "
+                      "layer-wise lr decay / freeze_depth cannot tell them apart; set "
+                      "--config.model.scan_blocks=False.")
+    stem = ("patch_embed", "cls_token", "dist_token", "pos_embedding", "mask_token")
+    return (stem,) + tuple((f"block_{i}",) for i in range(self.depth))
 
   def block_heads(self):
     """Heads of each block (head_counts parsed and checked)."""

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vitjax.errors import UserError
+from vitjax.models.features import FeatureLevel
 from vitjax.models.layers import StdConv
 from vitjax.models.registry import register_model
 from vitjax.models.vit import VIT_SIZES, VisionTransformer
@@ -136,6 +137,19 @@ class HybridVisionTransformer(nn.Module):
           f"Hybrid ViT: {what} {size} is not a multiple of the backbone's stride {s} "
           f"({len(self.stage_depths)} stages), so the feature map would not tile the image. "
           f"Nearest valid sizes: {near}.")
+
+  def feature_levels(self):
+    """The ResNet's 'stage_i' (stride 4 * 2^i, 256 * 2^i wide), then
+    'feature_map' (the ViT's tokens at the CNN's total stride; models/features.py)."""
+    stages = tuple(FeatureLevel(f"stage_{i}", 4 * 2 ** i, 256 * 2 ** i)
+                   for i in range(len(self.stage_depths)))
+    return stages + (FeatureLevel("feature_map", total_stride(self.stage_depths),
+                                  self.hidden_size),)
+
+  def layer_groups(self):
+    """The CNN and the token embeddings, then the ViT's blocks (timm's grouping)."""
+    stem = ("backbone", "vit/patch_embed", "vit/cls_token", "vit/pos_embedding")
+    return (stem,) + tuple((f"vit/block_{i}",) for i in range(self.depth))
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
