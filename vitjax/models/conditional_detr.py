@@ -33,7 +33,7 @@ Named sizes (paper Sec. 4.1, Table 1; 300 queries, 6+6 layers, width 256,
   conditional_detr_tiny       a small test / CPU model
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Mapping, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -43,9 +43,9 @@ import numpy as np
 from vitjax.errors import UserError
 from vitjax.models.deformable_detr import inverse_sigmoid, sine_embed
 from vitjax.models.detr import BoxHead, EncoderLayer
+from vitjax.models.features import create_backbone, select_levels
 from vitjax.models.layers import Mlp, dot_product_attention, sine_posemb_2d
 from vitjax.models.registry import register_model
-from vitjax.models.resnet import ResNet
 
 
 class ConditionalCrossAttention(nn.Module):
@@ -120,12 +120,16 @@ class ConditionalDETR(nn.Module):
   """Conditional DETR over NHWC images (see the module docstring).
 
   num_classes: sigmoid class logits per query.
-  backbone: ResNet keyword arguments; its last stage (C5) feeds the encoder.
+  backbone: a registered backbone's name (its coarsest feature level, C5 for
+    ResNet, feeds the encoder), or a dict of ResNet keyword arguments (the
+    named models' and the HF converter's form; default ResNet-50).
+  backbone_kwargs: overrides for the backbone.
   backbone_train_bn: update the backbone's BatchNorm statistics when training
     (False: frozen BatchNorm, as the paper and HF).
   """
   num_classes: int = 91
-  backbone: Optional[Dict[str, Any]] = None
+  backbone: Union[str, Mapping[str, Any], None] = None
+  backbone_kwargs: Optional[Mapping[str, Any]] = None
   backbone_train_bn: bool = False
   hidden_dim: int = 256
   num_heads: int = 8
@@ -148,13 +152,14 @@ class ConditionalDETR(nn.Module):
   @nn.compact
   def __call__(self, images, *, train: bool = False):
     d, det = self.hidden_dim, not train
-    bb_kwargs = dict(self.backbone or dict(depth=50))
-    bb_kwargs.update(num_classes=0, dtype=self.dtype)
-    _, bb_out = ResNet(**bb_kwargs, name="backbone")(
-        images, train=train and self.backbone_train_bn)
-    stages = sorted(k for k in bb_out if k.startswith("stage_"))
-    out = {k: bb_out[k] for k in ["stem"] + stages}
-    c5 = bb_out[stages[-1]]
+    bb = create_backbone(self.backbone, self.backbone_kwargs, dtype=self.dtype).clone(
+        parent=self, name="backbone")
+    _, bb_out = bb(images, train=train and self.backbone_train_bn)
+    levels = select_levels(bb)  # one map per stride, fine to coarse
+    out = {lv.name: bb_out[lv.name] for lv in levels}
+    if "stem" in bb_out:
+      out["stem"] = bb_out["stem"]
+    c5 = bb_out[levels[-1].name]
     b, h, w, _ = c5.shape
     src = nn.Conv(d, (1, 1), dtype=self.dtype, name="input_projection")(c5).reshape(b, h * w, d)
     pos = jnp.broadcast_to(sine_posemb_2d(h, w, d)[None], (b, h * w, d))

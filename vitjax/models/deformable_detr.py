@@ -40,7 +40,7 @@ Named sizes (paper Table 1 / Sec. 5; 300 queries, 6+6 layers, width 256,
   deformable_detr_tiny                  a small test / CPU model
 """
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -49,10 +49,10 @@ import numpy as np
 
 from vitjax.errors import UserError
 from vitjax.models.detr import BoxHead, DetrAttention
+from vitjax.models.features import create_backbone, select_levels
 from vitjax.models.layers import Mlp, sine_posemb_2d
 from vitjax.models.layers.deformable_attention import MSDeformableAttention
 from vitjax.models.registry import register_model
-from vitjax.models.resnet import ResNet
 
 
 def inverse_sigmoid(x, eps: float = 1e-5):
@@ -145,8 +145,11 @@ class DeformableDETR(nn.Module):
   """Deformable DETR over NHWC images (see the module docstring).
 
   num_classes: class logits per query (sigmoid; no "no object" slot).
-  backbone: ResNet keyword arguments (vitjax.models.resnet.ResNet); its last
-    min(3, num_feature_levels) stages feed the encoder.
+  backbone: a registered backbone's name, or a dict of ResNet keyword
+    arguments (the named models' and the HF converter's form; default
+    ResNet-50); its coarsest min(3, num_feature_levels) strides feed the
+    encoder (vitjax/models/features.py's select_levels).
+  backbone_kwargs: overrides for the backbone.
   backbone_train_bn: update the backbone's BatchNorm statistics when training
     (False: frozen BatchNorm, as the paper and HF).
   hidden_dim / num_heads / encoder_layers / decoder_layers / ffn_dim: the
@@ -157,7 +160,8 @@ class DeformableDETR(nn.Module):
     without refinement); False gives every layer its own (HF's layout).
   """
   num_classes: int = 91
-  backbone: Optional[Dict[str, Any]] = None
+  backbone: Union[str, Mapping[str, Any], None] = None
+  backbone_kwargs: Optional[Mapping[str, Any]] = None
   backbone_train_bn: bool = False
   hidden_dim: int = 256
   num_heads: int = 8
@@ -200,14 +204,15 @@ class DeformableDETR(nn.Module):
   def __call__(self, images, *, train: bool = False):
     d, det = self.hidden_dim, not train
     out = {}
-    bb_kwargs = dict(self.backbone or dict(depth=50))
-    bb_kwargs.update(num_classes=0, dtype=self.dtype)
-    _, bb_out = ResNet(**bb_kwargs, name="backbone")(
-        images, train=train and self.backbone_train_bn)
-    stages = sorted(k for k in bb_out if k.startswith("stage_"))
-    out.update({k: bb_out[k] for k in ["stem"] + stages})
-    n_bb = min(3, self.num_feature_levels, len(stages))
-    feats = [bb_out[k] for k in stages[-n_bb:]]
+    bb = create_backbone(self.backbone, self.backbone_kwargs, dtype=self.dtype).clone(
+        parent=self, name="backbone")
+    _, bb_out = bb(images, train=train and self.backbone_train_bn)
+    levels = select_levels(bb)  # one map per stride, fine to coarse
+    out.update({lv.name: bb_out[lv.name] for lv in levels})
+    if "stem" in bb_out:
+      out["stem"] = bb_out["stem"]
+    n_bb = min(3, self.num_feature_levels, len(levels))
+    feats = [bb_out[lv.name] for lv in levels[-n_bb:]]
 
     # Input projections (+ extra stride-2 levels), GroupNorm(32).
     gn = lambda name: nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=self.dtype, name=name)  # noqa: E731

@@ -1,6 +1,7 @@
 """DETR: End-to-End Object Detection with Transformers (Carion et al., ECCV 2020).
 
-  images -> backbone (ResNet C5, or any registry model's last 'stage_i' map)
+  images -> backbone (ResNet C5, or any registered backbone's coarsest feature
+            level, vitjax/models/features.py)
          -> 1x1 input projection to d_model
          -> transformer encoder (post-norm; the fixed sine position encoding
             of the map is added to queries and keys at every layer)
@@ -15,7 +16,7 @@
 
 Returns (logits [B, Q, C + 1], out) with out['boxes'] [B, Q, 4] and
 out['aux'] = [{'logits', 'boxes'}] of the first L - 1 decoder layers (empty
-without `aux_loss`), plus 'stem', 'stage_i' (backbone maps), 'encoded' (the
+without `aux_loss`), plus 'stem' and the backbone's feature levels (e.g. 'stage_i'), 'encoded' (the
 encoder memory [B, HW, D]) and 'pre_logits' (normed decoder output [B, Q, D]).
 The interface of vitjax.tasks.detection.
 
@@ -28,16 +29,16 @@ The backbone's BatchNorm is frozen (running statistics, as the paper and HF)
 unless `backbone_train_bn` (from-scratch training on small data).
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Mapping, Optional, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vitjax.errors import UserError
+from vitjax.models.features import create_backbone, select_levels
 from vitjax.models.layers import Mlp, dot_product_attention, sine_posemb_2d
-from vitjax.models.registry import create_model, register_model
-from vitjax.models.resnet import ResNet
+from vitjax.models.registry import register_model
 
 
 class DetrAttention(nn.Module):
@@ -123,15 +124,15 @@ class DETR(nn.Module):
   """DETR detector (see the module docstring).
 
   num_classes: object classes C (the class head has C + 1 outputs).
-  backbone: ResNet keyword arguments (default ResNet-50), or with
-    `backbone_name` any registry model's keyword arguments.
-  backbone_name: '' for vitjax.models.resnet.ResNet, else a registry name
-    whose `out` holds 'stage_i' NHWC maps (the last one is used).
+  backbone: a registered backbone's name (its coarsest feature level feeds
+    the encoder), or a dict of ResNet keyword arguments (the named models'
+    and the HF converter's form; default ResNet-50).
+  backbone_kwargs: overrides for the backbone (e.g. depths, drop_path_rate).
   backbone_train_bn: update the backbone's BatchNorm statistics in training.
   """
   num_classes: int = 91
-  backbone: Optional[Dict[str, Any]] = None
-  backbone_name: str = ""
+  backbone: Union[str, Mapping[str, Any], None] = None
+  backbone_kwargs: Optional[Mapping[str, Any]] = None
   backbone_train_bn: bool = False
   hidden_dim: int = 256
   num_heads: int = 8
@@ -153,21 +154,19 @@ class DETR(nn.Module):
       raise UserError(f"DETR needs num_queries >= 1 and decoder_layers >= 1 (got "
                       f"{self.num_queries}, {self.decoder_layers}).")
 
-  def _backbone(self):
-    kw = dict(self.backbone or {})
-    if self.backbone_name:
-      return create_model(self.backbone_name, **{"num_classes": 0, **kw})
-    kw.setdefault("depth", 50)
-    return ResNet(**{"num_classes": 0, **kw}, name="backbone")
-
   @nn.compact
   def __call__(self, images, *, train: bool = False):
     det = not train
-    bb = self._backbone()
-    _, out = bb(images, train=train and self.backbone_train_bn)
-    out = {k: v for k, v in out.items() if k == "stem" or k.startswith("stage_")}
-    last = max((k for k in out if k.startswith("stage_")), key=lambda k: int(k[6:]))
-    fmap = out[last]
+    fixed = {} if self.backbone is None or isinstance(self.backbone, Mapping) else dict(
+        dtype=self.dtype)  # the ResNet form keeps float32, as before
+    bb = create_backbone(self.backbone, self.backbone_kwargs, **fixed).clone(
+        parent=self, name="backbone")
+    _, bb_out = bb(images, train=train and self.backbone_train_bn)
+    levels = select_levels(bb)
+    out = {lv.name: bb_out[lv.name] for lv in levels}
+    if "stem" in bb_out:
+      out["stem"] = bb_out["stem"]
+    fmap = out[levels[-1].name]
     b, h, w, _ = fmap.shape
     d = self.hidden_dim
     x = nn.Conv(d, (1, 1), dtype=self.dtype, name="input_projection")(fmap).reshape(b, h * w, d)
