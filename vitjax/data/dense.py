@@ -1,10 +1,9 @@
 """Dense input pipeline: images with per-pixel labels (semantic segmentation).
 
-Same contract as `vitjax.data.input_pipeline` (whose ordering, seeding and
-per-process sharding this reuses): train batches are a pure function of
-(config.seed, step), resumable at any step, process i of P takes rows
-[i*L, (i+1)*L) of every global batch; eval is one pass with mask=False
-padding rows.
+The data-source contract of `vitjax.data.source` (whose iterators this
+runs): train batches are a pure function of (config.seed, step), resumable
+at any step, process i of P takes rows [i*L, (i+1)*L) of every global batch;
+eval is one pass with mask=False padding rows.
 
 Sources (config.dataset.name):
   'shapes'       the embedded procedural set (vitjax.data.shapes): train split
@@ -37,14 +36,15 @@ Batches: image float32 [b, S, S, 3] (normalised with config.input.mean /
 std), label int32 [b, S, S]; eval batches also mask bool [b].
 """
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
 
-from vitjax.data import input_pipeline as ip
+from vitjax.data import input_pipeline
 from vitjax.data import shapes
+from vitjax.data import source as source_lib
+from vitjax.data.source import DatasetInfo
 from vitjax.errors import UserError
 
 SHAPES_CLASSES = ("background",) + shapes.CLASS_NAMES
@@ -53,7 +53,8 @@ _MASK_CHECK = "vitjax-dense: image and mask sizes differ"
 _EMPTY_CHECK = "vitjax-dense: empty image"
 
 
-def _opt(config, key, default):
+def option(config, key, default):
+  """config.task_kwargs[key], or `default` when it is not set."""
   kw = config.get("task_kwargs") or {}
   return kw.get(key, default) if hasattr(kw, "get") else default
 
@@ -89,77 +90,74 @@ def check_arrays(images: np.ndarray, masks: np.ndarray, what: str) -> None:
                     "(one class id per image pixel).")
 
 
-def _shapes_source(config) -> ip._Source:  # pylint: disable=protected-access
+def _shapes_source(config) -> source_lib.Source:
   eval_split = config.dataset.eval_split
   if eval_split not in ("validation", "test"):
     raise UserError(f"config.dataset.eval_split={eval_split!r}: the shapes set has "
                     "'validation' and 'test' for evaluation.")
-  size = int(_opt(config, "shapes_image_size", config.input.image_size))
-  labels = _opt(config, "shapes_labels", "semantic")
-  max_objects = int(_opt(config, "shapes_max_objects", 4))
+  size = int(option(config, "shapes_image_size", config.input.image_size))
+  labels = option(config, "shapes_labels", "semantic")
+  max_objects = int(option(config, "shapes_max_objects", 4))
   if labels not in ("semantic", "panoptic") or (labels == "panoptic" and max_objects > 15):
     raise UserError(f"config.task_kwargs.shapes_labels={labels!r} with shapes_max_objects="
                     f"{max_objects}: use 'semantic', or 'panoptic' with at most 15 objects.")
   extra = (config.seed, size, max_objects,
-           tuple(_opt(config, "shapes_size_range", (0.1, 0.25))), labels)
-  n_train = _opt(config, "num_train_images", 2000)
-  n_eval = _opt(config, "num_eval_images", 500)
+           tuple(option(config, "shapes_size_range", (0.1, 0.25))), labels)
+  n_train = option(config, "num_train_images", 2000)
+  n_eval = option(config, "num_eval_images", 500)
   # The data set is fixed by seed 0 offsets of config.seed: train and eval
   # come from disjoint streams (see shapes.py), so eval images are held out.
   train = _cached_shapes("train", n_train, *extra)
   eval_ = _cached_shapes(eval_split, n_eval, *extra)
   check_arrays(*train, "shapes train")
-  info = ip.DatasetInfo(num_classes=len(SHAPES_CLASSES), num_train_examples=n_train,
-                        num_eval_examples=n_eval, class_names=SHAPES_CLASSES)
-  return ip._ArraySource(info=info, train_data=train, eval_data=eval_)  # pylint: disable=protected-access
+  info = DatasetInfo(num_classes=len(SHAPES_CLASSES), num_train_examples=n_train,
+                     num_eval_examples=n_eval, class_names=SHAPES_CLASSES)
+  return source_lib.ArraySource(info=info, train_data=train, eval_data=eval_)
 
 
-class _TfdsSegSource(ip._TfdsSource):  # pylint: disable=protected-access
+class _TfdsSegSource(source_lib.TfdsSource):
   """A prepared TFDS dataset with (image, segmentation mask) features."""
 
   def __init__(self, config, name):  # pylint: disable=super-init-not-called
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    self._tfds = tfds
     data_dir = config.dataset.get("data_dir")
     try:
       builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.DatasetNotFoundError:
       raise UserError(f"config.dataset.name='tfds:{name}': {name!r} is not a TFDS dataset "
                       "(see https://www.tensorflow.org/datasets/catalog).") from None
-    self._builder, self._name, self._data_dir = builder, name, data_dir
-    self._image_key = _opt(config, "image_key", "image")
-    self._label_key = _opt(config, "mask_key", "segmentation_mask")
+    self.builder, self.name, self.data_dir = builder, name, data_dir
+    self._image_key = option(config, "image_key", "image")
+    self._label_key = option(config, "mask_key", "segmentation_mask")
     features = builder.info.features
     missing = [k for k in (self._image_key, self._label_key) if k not in features]
     if missing:
       raise UserError(
           f"TFDS dataset {name!r} has no feature(s) {missing}; its features are "
           f"{list(features.keys())}. Set config.task_kwargs.image_key / mask_key.")
-    num_classes = _opt(config, "num_classes", None)
+    num_classes = option(config, "num_classes", None)
     if not isinstance(num_classes, int) or num_classes < 2:
       raise UserError(f"TFDS segmentation ({name!r}) needs config.task_kwargs.num_classes "
                       f"(an integer >= 2: the number of class ids in the masks), got "
                       f"{num_classes!r}.")
-    self._decoders = tfds.decode.PartialDecoding({self._image_key: True,
-                                                  self._label_key: True})
-    self._train_split = config.dataset.train_split
-    self._eval_split = config.dataset.eval_split
-    self._shuffle_buffer = int(config.dataset.get("shuffle_buffer", 10_000))
-    ip._Source.__init__(self, info=ip.DatasetInfo(  # pylint: disable=protected-access
+    self.decoders = tfds.decode.PartialDecoding({self._image_key: True,
+                                                 self._label_key: True})
+    self.train_split = config.dataset.train_split
+    self.eval_split = config.dataset.eval_split
+    self.shuffle_buffer = int(config.dataset.get("shuffle_buffer", 10_000))
+    source_lib.Source.__init__(self, info=DatasetInfo(
         num_classes=num_classes,
-        num_train_examples=self._split_size(self._train_split),
-        num_eval_examples=self._split_size(self._eval_split),
+        num_train_examples=self.split_size(self.train_split),
+        num_eval_examples=self.split_size(self.eval_split),
         class_names=tuple(str(i) for i in range(num_classes))))
 
-  def _read(self, split, shuffle_seed=None) -> tf.data.Dataset:
-    """(image, mask) pairs of `split`; the base class's ordering / sharding uses it."""
-    read_config = self._tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
-    ds = self._builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
-                                  decoders=self._decoders, read_config=read_config)
-    return ds.map(lambda ex: (ex[self._image_key], ex[self._label_key]))
+  def select(self, example):
+    """(image, mask) of one TFDS example."""
+    return example[self._image_key], example[self._label_key]
 
 
-def make_source(config):
+def make_source(config) -> source_lib.Source:
+  """The segmentation source config.dataset names ('shapes' or 'tfds:<name>')."""
   name = config.dataset.name
   if name == "shapes":
     return _shapes_source(config)
@@ -169,7 +167,7 @@ def make_source(config):
                   "or 'tfds:<name>' (a TFDS dataset with segmentation masks).")
 
 
-def get_dataset_info(config) -> ip.DatasetInfo:
+def get_dataset_info(config) -> DatasetInfo:
   return make_source(config).info
 
 
@@ -177,16 +175,17 @@ def get_dataset_info(config) -> ip.DatasetInfo:
 # Per-example transforms (TF, stateless).
 
 
-def _settings(config):
-  prep = ip._preprocessing(config)  # pylint: disable=protected-access
-  lo, hi = (float(x) for x in _opt(config, "scale_range", (0.5, 2.0)))
+def settings(config) -> dict:
+  """The validated per-example options (sizes, normalisation, augmentation)."""
+  prep = input_pipeline.preprocessing(config)
+  lo, hi = (float(x) for x in option(config, "scale_range", (0.5, 2.0)))
   if not 0 < lo <= hi:
     raise UserError(f"config.task_kwargs.scale_range=({lo}, {hi}) needs 0 < min <= max.")
-  jitter = float(_opt(config, "color_jitter", 0.2))
+  jitter = float(option(config, "color_jitter", 0.2))
   if not 0 <= jitter < 1:
     raise UserError(f"config.task_kwargs.color_jitter={jitter} must be in [0, 1).")
-  ignore = int(_opt(config, "ignore_index", 255))
-  num_classes = None if config.dataset.name == "shapes" else _opt(config, "num_classes", None)
+  ignore = int(option(config, "ignore_index", 255))
+  num_classes = None if config.dataset.name == "shapes" else option(config, "num_classes", None)
   return dict(size=prep.image_size, mean=prep.mean, std=prep.std, flip=prep.flip,
               scale=(lo, hi), jitter=jitter, ignore=ignore, num_classes=num_classes)
 
@@ -206,7 +205,8 @@ def _decode(image, mask, opts):
   return tf.image.convert_image_dtype(image, tf.float32), mask
 
 
-def _normalise(image, opts):
+def normalise(image, opts):
+  """(image - mean) / std with config.input's mean and std."""
   return (image - tf.constant(opts["mean"])) / tf.constant(opts["std"])
 
 
@@ -225,7 +225,7 @@ def train_example(image, mask, seed, opts):
   """Augments one (image, label map) pair with the stateless seed `seed`."""
   image, mask = _decode(image, mask, opts)
   seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 8))
-  image = _normalise(color_jitter(image, seeds[:3], opts["jitter"]), opts)
+  image = normalise(color_jitter(image, seeds[:3], opts["jitter"]), opts)
   size = opts["size"]
   hw = tf.cast(tf.shape(image)[:2], tf.float32)
   scale = tf.random.stateless_uniform([], seeds[3], *opts["scale"])
@@ -252,21 +252,22 @@ def train_example(image, mask, seed, opts):
 def eval_example(image, mask, opts):
   image, mask = _decode(image, mask, opts)
   size = opts["size"]
-  image = tf.image.resize(_normalise(image, opts), [size, size], "bilinear")
+  image = tf.image.resize(normalise(image, opts), [size, size], "bilinear")
   mask = tf.image.resize(mask[..., None], [size, size], "nearest")[..., 0]
   return dict(image=image, label=mask, mask=tf.constant(True))
 
 
-def _batches(ds, what, _bad_data=tf.errors.InvalidArgumentError) -> Iterator[dict]:
-  """numpy batches; the in-graph data checks become UserErrors."""
-  try:
-    yield from ds.as_numpy_iterator()
-  except _bad_data as e:
+def _explain(what):
+  """Turns the in-graph data checks into UserErrors naming `what`."""
+
+  def explain(error):
+    if not isinstance(error, tf.errors.InvalidArgumentError):
+      return
     for marker, msg in ((_MASK_CHECK, "a segmentation mask whose height/width differ from "
                          "its image's"), (_EMPTY_CHECK, "an empty (0-pixel) image")):
-      if marker in str(e):
+      if marker in str(error):
         raise UserError(f"{what}: the data holds {msg}; fix or drop that example.") from None
-    raise
+  return explain
 
 
 # ----------------------------------------------------------------------------
@@ -276,50 +277,31 @@ def _batches(ds, what, _bad_data=tf.errors.InvalidArgumentError) -> Iterator[dic
 def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
                    process_count: int = 1) -> Iterator[dict]:
   """Infinite train batches from `start_step` on (deterministic in seed, step)."""
-  ip._check_process(process_index, process_count)  # pylint: disable=protected-access
-  local = ip._local_batch(config.batch_size, process_count, "config.batch_size")  # pylint: disable=protected-access
-  opts = _settings(config)
+  source_lib.check_process(process_index, process_count)
+  source_lib.local_batch_size(config.batch_size, process_count, "config.batch_size")
+  opts = settings(config)
   source = make_source(config)
-  spe = ip.steps_per_epoch(config, source.info)
-  return _train_batches(source, opts, config.seed, config.batch_size, local, spe, start_step,
-                        process_index, process_count)
-
-
-def _train_batches(source, opts, seed, batch_size, local, spe, start_step, process_index,
-                   process_count):
-  first_epoch, first_step = divmod(start_step, spe)
-  epoch = first_epoch
-  while True:
-    start = first_step * batch_size if epoch == first_epoch else 0
-    ds, _ = source.train_stream(seed, epoch, spe * batch_size, start, process_index,
-                                process_count, batch_size)
-    epoch_seed = tf.constant([ip._derive_seed(seed, epoch, 1), 0], tf.int64)  # pylint: disable=protected-access
-
-    def example(pos, raw, epoch_seed=epoch_seed):
-      image, mask = source.load(*raw)
-      return train_example(image, mask,
-                           tf.random.experimental.stateless_fold_in(epoch_seed, pos), opts)
-
-    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ip._finish(ds.batch(local, drop_remainder=True))  # pylint: disable=protected-access
-    yield from _batches(ds, f"{source.info.num_train_examples}-example train split")
-    epoch += 1
+  spe = input_pipeline.steps_per_epoch(config, source.info)
+  return source_lib.train_batches(
+      source, lambda raw, seed: train_example(*source.load(*raw), seed, opts),
+      seed=config.seed, batch_size=config.batch_size, steps_per_epoch=spe,
+      start_step=start_step, process_index=process_index, process_count=process_count,
+      explain=_explain(f"{source.info.num_train_examples}-example train split"))
 
 
 def eval_iterator(config, *, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
   """One pass over the eval split; rows beyond the data have mask=False."""
-  ip._check_process(process_index, process_count)  # pylint: disable=protected-access
-  local = ip._local_batch(config.eval_batch_size, process_count, "config.eval_batch_size")  # pylint: disable=protected-access
-  opts = _settings(config)
+  source_lib.check_process(process_index, process_count)
+  source_lib.local_batch_size(config.eval_batch_size, process_count, "config.eval_batch_size")
+  opts = settings(config)
   source = make_source(config)
-  n = source.info.num_eval_examples
-  num_batches = math.ceil(math.ceil(n / process_count) / local)
-  ds, _ = source.eval_stream(process_index, process_count)
-  ds = ds.map(lambda *raw: eval_example(*source.load(*raw), opts),
-              num_parallel_calls=tf.data.AUTOTUNE)
   size = opts["size"]
-  padding = tf.data.Dataset.from_tensors(dict(
-      image=tf.zeros([size, size, 3], tf.float32),
-      label=tf.fill([size, size], opts["ignore"]), mask=tf.constant(False))).repeat()
-  ds = ds.concatenate(padding).take(num_batches * local)
-  return _batches(ip._finish(ds.batch(local)), "eval split")  # pylint: disable=protected-access
+  padding = dict(image=tf.zeros([size, size, 3], tf.float32),
+                 label=tf.fill([size, size], opts["ignore"]), mask=tf.constant(False))
+  return source_lib.eval_batches(
+      source, lambda raw: eval_example(*source.load(*raw), opts), padding,
+      batch_size=config.eval_batch_size, process_index=process_index,
+      process_count=process_count, explain=_explain("eval split"))
+
+
+_settings = settings  # The name tests and older callers use.

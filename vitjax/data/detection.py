@@ -1,8 +1,9 @@
 """Detection input pipeline: images with sets of (class, box) targets.
 
-Same contract as vitjax.data.dense (whose ordering, seeding, sharding and
-colour jitter this reuses): train batches are a pure function of
-(config.seed, step); eval is one pass with mask=False padding rows.
+The data-source contract of vitjax.data.source (whose iterators this runs;
+the colour jitter is vitjax.data.dense's): train batches are a pure function
+of (config.seed, step), resumable at any step, sharded by process as there;
+eval is one pass with mask=False padding rows.
 
 Sources (config.dataset.name):
   'shapes'      the embedded procedural set (vitjax.data.shapes), generated in
@@ -37,7 +38,6 @@ normalised), labels int32 [b, T], box_valid bool [b, T]; eval batches also
 mask bool [b] and orig_size float32 [b, 2] (h, w).
 """
 
-import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -46,15 +46,13 @@ import numpy as np
 import tensorflow as tf
 
 from vitjax.data import dense
-from vitjax.data import input_pipeline as ip
+from vitjax.data import input_pipeline
 from vitjax.data import shapes
+from vitjax.data import source as source_lib
+from vitjax.data.source import DatasetInfo
 from vitjax.errors import UserError
 
 _TOO_MANY = "vitjax-detection: more objects than max_boxes"
-
-
-def _opt(config, key, default):
-  return dense._opt(config, key, default)  # pylint: disable=protected-access
 
 
 def num_queries(config) -> int | None:
@@ -72,7 +70,7 @@ def num_queries(config) -> int | None:
 
 
 def max_boxes(config) -> int:
-  t = int(_opt(config, "max_boxes", num_queries(config) or 100))
+  t = int(dense.option(config, "max_boxes", num_queries(config) or 100))
   q = num_queries(config)
   if t < 1:
     raise UserError(f"config.task_kwargs.max_boxes={t} must be >= 1.")
@@ -119,9 +117,9 @@ _CACHE = {}
 
 
 def _shapes_records(split, n, config):
-  size = int(_opt(config, "shapes_image_size", config.input.image_size))
-  key = (split, n, config.seed, size, int(_opt(config, "shapes_max_objects", 4)),
-         tuple(_opt(config, "shapes_size_range", (0.1, 0.25))))
+  size = int(dense.option(config, "shapes_image_size", config.input.image_size))
+  key = (split, n, config.seed, size, int(dense.option(config, "shapes_max_objects", 4)),
+         tuple(dense.option(config, "shapes_size_range", (0.1, 0.25))))
   if key not in _CACHE:
     if len(_CACHE) >= 4:
       _CACHE.clear()
@@ -133,9 +131,9 @@ def _array_source(config, train_records, eval_records, class_names):
   limit, q = max_boxes(config), num_queries(config)
   train = pack_records(train_records, "detection train split", limit, q)
   eval_ = pack_records(eval_records, "detection eval split", limit, q)
-  info = ip.DatasetInfo(num_classes=len(class_names), num_train_examples=len(train[0]),
-                        num_eval_examples=len(eval_[0]), class_names=tuple(class_names))
-  return ip._ArraySource(info=info, train_data=train, eval_data=eval_)  # pylint: disable=protected-access
+  info = DatasetInfo(num_classes=len(class_names), num_train_examples=len(train[0]),
+                     num_eval_examples=len(eval_[0]), class_names=tuple(class_names))
+  return source_lib.ArraySource(info=info, train_data=train, eval_data=eval_)
 
 
 def _shapes_source(config):
@@ -143,8 +141,8 @@ def _shapes_source(config):
   if eval_split not in ("validation", "test"):
     raise UserError(f"config.dataset.eval_split={eval_split!r}: the shapes set has "
                     "'validation' and 'test' for evaluation.")
-  train = _shapes_records("train", _opt(config, "num_train_images", 2000), config)
-  eval_ = _shapes_records(eval_split, _opt(config, "num_eval_images", 500), config)
+  train = _shapes_records("train", dense.option(config, "num_train_images", 2000), config)
+  eval_ = _shapes_records(eval_split, dense.option(config, "num_eval_images", 500), config)
   return _array_source(config, train, eval_, shapes.CLASS_NAMES)
 
 
@@ -160,19 +158,18 @@ def _coco_dir_source(config, directory):
   return _array_source(config, train, eval_, [c["name"] for c in cats])
 
 
-class _TfdsDetSource(dense._TfdsSegSource):  # pylint: disable=protected-access
+class _TfdsDetSource(source_lib.TfdsSource):
   """A prepared TFDS detection dataset (coco/2017 layout)."""
 
   def __init__(self, config, name):  # pylint: disable=super-init-not-called
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    self._tfds = tfds
     data_dir = config.dataset.get("data_dir")
     try:
       builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.DatasetNotFoundError:
       raise UserError(f"config.dataset.name='tfds:{name}': {name!r} is not a TFDS "
                       "dataset.") from None
-    self._builder, self._name, self._data_dir = builder, name, data_dir
+    self.builder, self.name, self.data_dir = builder, name, data_dir
     features = builder.info.features
     if "image" not in features or "objects" not in features:
       raise UserError(f"TFDS dataset {name!r} has no image / objects features (its features "
@@ -180,30 +177,26 @@ class _TfdsDetSource(dense._TfdsSegSource):  # pylint: disable=protected-access
     label = features["objects"]["label"]
     names = tuple(label.names) if getattr(label, "names", None) else tuple(
         str(i) for i in range(label.num_classes))
-    self._decoders = tfds.decode.PartialDecoding(
+    self.decoders = tfds.decode.PartialDecoding(
         {"image": True, "objects": {"bbox": True, "label": True}})
-    self._train_split = config.dataset.train_split
-    self._eval_split = config.dataset.eval_split
-    self._shuffle_buffer = int(config.dataset.get("shuffle_buffer", 10_000))
-    ip._Source.__init__(self, info=ip.DatasetInfo(  # pylint: disable=protected-access
-        num_classes=len(names), num_train_examples=self._split_size(self._train_split),
-        num_eval_examples=self._split_size(self._eval_split), class_names=names))
+    self.train_split = config.dataset.train_split
+    self.eval_split = config.dataset.eval_split
+    self.shuffle_buffer = int(config.dataset.get("shuffle_buffer", 10_000))
+    source_lib.Source.__init__(self, info=DatasetInfo(
+        num_classes=len(names), num_train_examples=self.split_size(self.train_split),
+        num_eval_examples=self.split_size(self.eval_split), class_names=names))
 
-  def _read(self, split, shuffle_seed=None) -> tf.data.Dataset:
-    read_config = self._tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
-    ds = self._builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
-                                  decoders=self._decoders, read_config=read_config)
-
-    def pack(ex):
-      b = tf.cast(ex["objects"]["bbox"], tf.float32)  # ymin, xmin, ymax, xmax
-      c = tf.cast(ex["objects"]["label"], tf.float32)
-      n = tf.minimum(tf.shape(b)[0], tf.shape(c)[0])  # equal in real data (not in mocks)
-      b, c = b[:n], c[:n]
-      return ex["image"], tf.stack([b[:, 1], b[:, 0], b[:, 3], b[:, 2], c], 1)
-    return ds.map(pack)
+  def select(self, example):
+    """(image, targets [K, 5]: x0, y0, x1, y1 normalised, class) of one TFDS example."""
+    b = tf.cast(example["objects"]["bbox"], tf.float32)  # ymin, xmin, ymax, xmax
+    c = tf.cast(example["objects"]["label"], tf.float32)
+    n = tf.minimum(tf.shape(b)[0], tf.shape(c)[0])  # equal in real data (not in mocks)
+    b, c = b[:n], c[:n]
+    return example["image"], tf.stack([b[:, 1], b[:, 0], b[:, 3], b[:, 2], c], 1)
 
 
-def make_source(config):
+def make_source(config) -> source_lib.Source:
+  """The detection source config.dataset names (shapes, coco_dir:, tfds:)."""
   name = config.dataset.name
   if name == "shapes":
     return _shapes_source(config)
@@ -216,7 +209,7 @@ def make_source(config):
                   "'coco_dir:<folder>' or 'tfds:<name>' (e.g. tfds:coco/2017).")
 
 
-def get_dataset_info(config) -> ip.DatasetInfo:
+def get_dataset_info(config) -> DatasetInfo:
   return make_source(config).info
 
 
@@ -225,9 +218,9 @@ def get_dataset_info(config) -> ip.DatasetInfo:
 
 
 def _settings(config):
-  opts = dense._settings(config)  # pylint: disable=protected-access
+  opts = dense.settings(config)
   opts["max_boxes"] = max_boxes(config)
-  opts["min_box"] = float(_opt(config, "min_box_size", 1.0))
+  opts["min_box"] = float(dense.option(config, "min_box_size", 1.0))
   return opts
 
 
@@ -261,7 +254,7 @@ def train_example(image, targets, seed, opts):
   """Augments one (image, targets) pair with the stateless seed `seed`."""
   image, boxes, labels = _decode(image, targets)
   seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 8))
-  image = dense._normalise(dense.color_jitter(image, seeds[:3], opts["jitter"]), opts)  # pylint: disable=protected-access
+  image = dense.normalise(dense.color_jitter(image, seeds[:3], opts["jitter"]), opts)
   size = opts["size"]
   hw = tf.cast(tf.shape(image)[:2], tf.float32)
   scale = tf.random.stateless_uniform([], seeds[3], *opts["scale"])
@@ -291,21 +284,21 @@ def eval_example(image, targets, opts):
   image, boxes, labels = _decode(image, targets)
   size = opts["size"]
   orig = tf.cast(tf.shape(image)[:2], tf.float32)
-  image = tf.image.resize(dense._normalise(image, opts), [size, size], "bilinear")  # pylint: disable=protected-access
+  image = tf.image.resize(dense.normalise(image, opts), [size, size], "bilinear")
   out = _finish_targets(boxes * size, labels, float(size), dict(opts, min_box=1e-6))
   out.update(image=image, mask=tf.constant(True), orig_size=orig)
   return out
 
 
-def _batches(ds, what) -> Iterator[dict]:
-  try:
-    yield from ds.as_numpy_iterator()
-  except tf.errors.InvalidArgumentError as e:
-    if _TOO_MANY in str(e):
+def _explain(what):
+  """Turns the in-graph max_boxes check into a UserError naming `what`."""
+
+  def explain(error):
+    if isinstance(error, tf.errors.InvalidArgumentError) and _TOO_MANY in str(error):
       raise UserError(f"{what}: an image has more objects than max_boxes (the model's "
                       "num_queries unless config.task_kwargs.max_boxes is set); raise "
                       "config.model.num_queries / max_boxes.") from None
-    raise
+  return explain
 
 
 # ----------------------------------------------------------------------------
@@ -315,50 +308,30 @@ def _batches(ds, what) -> Iterator[dict]:
 def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
                    process_count: int = 1) -> Iterator[dict]:
   """Infinite train batches from `start_step` on (deterministic in seed, step)."""
-  ip._check_process(process_index, process_count)  # pylint: disable=protected-access
-  local = ip._local_batch(config.batch_size, process_count, "config.batch_size")  # pylint: disable=protected-access
+  source_lib.check_process(process_index, process_count)
+  source_lib.local_batch_size(config.batch_size, process_count, "config.batch_size")
   opts = _settings(config)
   source = make_source(config)
-  spe = ip.steps_per_epoch(config, source.info)
-  return _train_batches(source, opts, config.seed, config.batch_size, local, spe, start_step,
-                        process_index, process_count)
-
-
-def _train_batches(source, opts, seed, batch_size, local, spe, start_step, process_index,
-                   process_count):
-  first_epoch, first_step = divmod(start_step, spe)
-  epoch = first_epoch
-  while True:
-    start = first_step * batch_size if epoch == first_epoch else 0
-    ds, _ = source.train_stream(seed, epoch, spe * batch_size, start, process_index,
-                                process_count, batch_size)
-    epoch_seed = tf.constant([ip._derive_seed(seed, epoch, 1), 0], tf.int64)  # pylint: disable=protected-access
-
-    def example(pos, raw, epoch_seed=epoch_seed):
-      return train_example(*source.load(*raw),
-                           tf.random.experimental.stateless_fold_in(epoch_seed, pos), opts)
-
-    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ip._finish(ds.batch(local, drop_remainder=True))  # pylint: disable=protected-access
-    yield from _batches(ds, "detection train split")
-    epoch += 1
+  spe = input_pipeline.steps_per_epoch(config, source.info)
+  return source_lib.train_batches(
+      source, lambda raw, seed: train_example(*source.load(*raw), seed, opts),
+      seed=config.seed, batch_size=config.batch_size, steps_per_epoch=spe,
+      start_step=start_step, process_index=process_index, process_count=process_count,
+      explain=_explain("detection train split"))
 
 
 def eval_iterator(config, *, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
   """One pass over the eval split; rows beyond the data have mask=False."""
-  ip._check_process(process_index, process_count)  # pylint: disable=protected-access
-  local = ip._local_batch(config.eval_batch_size, process_count, "config.eval_batch_size")  # pylint: disable=protected-access
+  source_lib.check_process(process_index, process_count)
+  source_lib.local_batch_size(config.eval_batch_size, process_count, "config.eval_batch_size")
   opts = _settings(config)
   source = make_source(config)
-  n = source.info.num_eval_examples
-  num_batches = math.ceil(math.ceil(n / process_count) / local)
-  ds, _ = source.eval_stream(process_index, process_count)
-  ds = ds.map(lambda *raw: eval_example(*source.load(*raw), opts),
-              num_parallel_calls=tf.data.AUTOTUNE)
   size, t = opts["size"], opts["max_boxes"]
-  padding = tf.data.Dataset.from_tensors(dict(
+  padding = dict(
       boxes=tf.zeros([t, 4]), labels=tf.zeros([t], tf.int32), box_valid=tf.zeros([t], bool),
       image=tf.zeros([size, size, 3], tf.float32), mask=tf.constant(False),
-      orig_size=tf.constant([float(size)] * 2))).repeat()
-  ds = ds.concatenate(padding).take(num_batches * local)
-  return _batches(ip._finish(ds.batch(local)), "detection eval split")  # pylint: disable=protected-access
+      orig_size=tf.constant([float(size)] * 2))
+  return source_lib.eval_batches(
+      source, lambda raw: eval_example(*source.load(*raw), opts), padding,
+      batch_size=config.eval_batch_size, process_index=process_index,
+      process_count=process_count, explain=_explain("detection eval split"))

@@ -71,6 +71,15 @@ def decode_error(path: str) -> str | None:
   return None
 
 
+def name_undecodable_file(paths, error) -> UserError:
+  """The UserError naming the first of `paths` (in stream order) that breaks decoding."""
+  for path in map(os.fsdecode, paths):
+    why = decode_error(path)
+    if why is not None:
+      return UserError(f'ImageFolder file {path} {why}. {fix_hint(path)}')
+  return UserError(f'Reading the ImageFolder data failed: {error}')
+
+
 def _ending_looks_complete(kind: str, head: bytes, tail: bytes,
                            size: int) -> bool:
   if kind == 'jpeg':

@@ -27,16 +27,17 @@ def write_label_maps(teacher_workdir: str, out: str, topk: int = 5,
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from vitjax.data import input_pipeline as ip  # pylint: disable=g-import-not-at-top
   from vitjax.data import preprocess  # pylint: disable=g-import-not-at-top
+  from vitjax.data.source import ArraySource  # pylint: disable=g-import-not-at-top
   from vitjax.errors import UserError  # pylint: disable=g-import-not-at-top
   from vitjax.tasks.token_labeling import teacher_score_map  # pylint: disable=g-import-not-at-top
   from vitjax.tools.probe import load_run  # pylint: disable=g-import-not-at-top
 
   config, model, variables = load_run(teacher_workdir)
-  source = ip._make_source(config)  # pylint: disable=protected-access
-  if not isinstance(source, ip._ArraySource):  # pylint: disable=protected-access
+  source = ip.make_source(config)
+  if not isinstance(source, ArraySource):
     raise UserError(f"label maps need a random-access train split (digits, imagefolder); "
                     f"{config.dataset.name!r} is a TFDS dataset.")
-  prep = ip._preprocessing(config)  # pylint: disable=protected-access
+  prep = ip.preprocessing(config)
   a, b = source.train_data
   n = len(b)
   num_classes = source.info.num_classes
