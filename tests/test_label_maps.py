@@ -110,7 +110,7 @@ def test_label_maps_written_and_used_for_training(tmp_path):
   images, labels = data_lib.digits.load_split("train")
   prep = data_lib.input_pipeline._preprocessing(config)  # pylint: disable=protected-access
   x = np.stack([preprocess.whole_image(tf.constant(images[i]), prep).numpy() for i in (0, 9)])
-  scores = teacher_score_map(model.apply(variables, x)[1], variables)
+  scores = teacher_score_map(model.apply(variables, x)[1], variables, model)
   maps = lm.LabelMaps(maps_dir)
   stored = maps.lookup(np.array([0, 9]))
   want_v, want_i = jax.lax.top_k(scores, 3)

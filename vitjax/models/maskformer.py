@@ -18,7 +18,7 @@ predict a class (C classes + "no object") and a binary mask.
     (3 layers, ReLU); mask logits = einsum(mask_embed, E_pixel) [B, N, H/4, W/4]
 
 `__call__(images, train=False)` returns `(class_logits [B, N, C + 1], out)`;
-`out` holds 'stage_{i}' (backbone maps, after the Swin norms), 'encoded'
+`out` holds 'stage_{i}' (the backbone's maps, one per stride, after the Swin norms), 'encoded'
 (the last one), 'pixel_embeddings', 'masks' [B, N, H/4, W/4], 'pre_logits'
 (decoder output [B, N, D]) and 'aux': one {'logits', 'masks'} per earlier
 decoder layer (for the auxiliary losses). The loss, matching, semantic and
@@ -38,8 +38,10 @@ import numpy as np
 
 from vitjax.errors import UserError
 from vitjax.models.detr import DecoderLayer
+from vitjax.models.features import (create_backbone, feature_levels, select_features,
+                                     select_levels)
 from vitjax.models.layers import sine_posemb_2d
-from vitjax.models.registry import create_model, register_model
+from vitjax.models.registry import register_model
 
 _XAVIER = nn.initializers.xavier_uniform()
 
@@ -93,8 +95,9 @@ class PixelDecoder(nn.Module):
 class MaskFormer(nn.Module):
   """Backbone + pixel decoder + transformer decoder -> (class, mask) per query.
 
-  backbone: a registry name whose `out` has 'stage_0'..'stage_3' (Swin,
-    ResNet, ...); backbone_kwargs: overrides for it (e.g. depths, drop_path_rate).
+  backbone: a registered backbone's name (Swin, ResNet, ConvNeXt, PVT v2, ...:
+    one map per feature stride feeds the pixel decoder, vitjax/models/features.py);
+    backbone_kwargs: overrides for it (e.g. depths, drop_path_rate).
   stage_norms: a LayerNorm on every stage map (MaskFormer's Swin backbone).
   num_classes: C (the no-object class C is added); num_queries: N.
   hidden_dim: D of the transformer decoder; fpn_dim / mask_dim: pixel decoder
@@ -132,15 +135,14 @@ class MaskFormer(nn.Module):
   @nn.compact
   def __call__(self, images, *, train: bool = False):
     deterministic = not train
-    kw = dict(self.backbone_kwargs or {})
-    kw["num_classes"] = 0
-    backbone = create_model(self.backbone, **kw).clone(parent=self, name="backbone")
+    backbone = create_backbone(self.backbone, self.backbone_kwargs).clone(
+        parent=self, name="backbone")
+    if len(select_levels(backbone)) < 2:
+      raise UserError(f"MaskFormer backbone {self.backbone!r} has one feature stride "
+                      f"({feature_levels(backbone)[0].stride}); its pixel decoder needs >= 2. "
+                      "Use a hierarchical backbone (resnet50, swin_*, convnext_*, pvt_v2_*).")
     _, feats = backbone(images, train=train)
-    names = sorted((k for k in feats if k.startswith("stage_")), key=lambda k: int(k[6:]))
-    if len(names) < 2:
-      raise UserError(f"MaskFormer backbone {self.backbone!r} returns {len(names)} stage maps; "
-                      "it needs >= 2 ('stage_0', 'stage_1', ...).")
-    maps = [feats[k] for k in names]
+    maps = select_features(backbone, feats)  # one per stride, fine to coarse
     if self.stage_norms:
       maps = [nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=f"stage_norm_{i}")(m)
               for i, m in enumerate(maps)]

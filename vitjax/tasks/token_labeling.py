@@ -20,7 +20,7 @@ Where the dense targets come from (config.task_kwargs):
     batch. Its dense score map is `out['token_logits']` when it has one (an
     LV-ViT teacher), else its own `head` applied to every position of
     `out['feature_map']` (ViT, Swin, PVT...: the features the head sees) or
-    of the last `out['stage_i']` (CNNs: class activation maps). The map is
+    of its deepest feature level (CNNs: class activation maps). The map is
     average-pooled (grid sizes that divide) or bilinearly resized to the
     student's token grid, then softmaxed with `teacher_temperature`;
     `teacher_topk` > 0 keeps only the top-k classes per token (renormalised),
@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import optax
 
 from vitjax.errors import UserError
+from vitjax.models.features import select_features
 from vitjax.tasks.base import apply_model, fold_rng, register_task
 from vitjax.tasks.classification import ClassificationTask
 
@@ -86,19 +87,16 @@ def resize_score_map(scores, grid):
   return jax.image.resize(scores, (b, gh, gw, k), method="bilinear")
 
 
-def teacher_score_map(out, variables):
-  """A teacher's dense logits [B, h, w, K] from its `out` dict (see module doc)."""
+def teacher_score_map(out, variables, model):
+  """A teacher's dense logits [B, h, w, K] from its `out` dict (see module doc);
+  `model` (the teacher) declares its feature levels (vitjax/models/features.py)."""
   if "token_logits" in out:
     b, h, w, _ = out["feature_map"].shape
     return out["token_logits"].reshape(b, h, w, -1)
   if "feature_map" in out:
     fmap = out["feature_map"]
-  else:
-    stages = sorted((k for k in out if k.startswith("stage_")), key=lambda k: int(k[6:]))
-    if not stages:
-      raise UserError("token_labeling: the teacher's out dict has no 'token_logits', "
-                      "'feature_map' or 'stage_i' to read per-patch scores from.")
-    fmap = out[stages[-1]]
+  else:  # the deepest declared level (CNNs: the last stage)
+    fmap = select_features(model, out, levels=(-1,))[0]
   head = variables["params"].get("head")
   if head is None or "kernel" not in head or head["kernel"].shape[0] != fmap.shape[-1]:
     raise UserError("token_labeling: the teacher has no Dense 'head' that applies to its "
@@ -194,7 +192,7 @@ class TokenLabelingTask(ClassificationTask):
       b, k = labels_soft.shape
       return jnp.broadcast_to(labels_soft[:, None], (b, grid[0] * grid[1], k))
     _, out = self.teacher.apply(self.teacher_variables, images, train=False)
-    scores = teacher_score_map(out, self.teacher_variables)
+    scores = teacher_score_map(out, self.teacher_variables, self.teacher)
     return dense_targets_from_scores(scores, grid, self.kw["teacher_temperature"],
                                      self.kw["teacher_topk"])
 

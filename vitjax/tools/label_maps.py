@@ -50,7 +50,7 @@ def write_label_maps(teacher_workdir: str, out: str, topk: int = 5,
   @jax.jit
   def scores(images):
     _, o = model.apply(variables, images, train=False)
-    return jax.lax.top_k(teacher_score_map(o, variables).astype(np.float32), topk)
+    return jax.lax.top_k(teacher_score_map(o, variables, model).astype(np.float32), topk)
 
   os.makedirs(out, exist_ok=True)
   values = indices = None
