@@ -30,7 +30,7 @@ def _setup(opt_updates=None, accum=1, ema=0.0, model="vit_tiny_patch16_224", ima
   m = create_model(model, **dict(TINY_VIT, patch_size=4, **model_kw))
   task = ClassificationTask(c, _Info(), m)
   params = m.init(jax.random.PRNGKey(0), task.init_inputs())["params"]
-  tx, schedule = optim.create_optimizer(c.optimizer, 100)
+  tx, schedule = optim.create_optimizer(c.optimizer, 100, m)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      model_state={}, nonfinite_step=jnp.full((), -1, jnp.int32),
                      ema_params=params if ema else None)
@@ -79,7 +79,7 @@ def test_micro_batches_interleave_rows():
 def test_layer_ids_follow_forward_order():
   vit = create_model("vit_tiny_patch16_224", **dict(TINY_VIT, patch_size=4))
   p = jax.eval_shape(vit.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
-  ids, num = optim.layer_ids(p)
+  ids, num = optim.layer_ids(p, vit)
   assert num == 3
   assert ids["patch_embed"] == ids["cls_token"] == ids["pos_embedding"] == 0
   assert [ids[f"block_{i}"] for i in range(3)] == [1, 2, 3]
@@ -87,10 +87,10 @@ def test_layer_ids_follow_forward_order():
   swin = create_model("swin_tiny_patch4_window7_224", depths=(2, 2), num_heads=(1, 2),
                       embed_dim=8, window_size=4, patch_size=2, num_classes=3)
   p = jax.eval_shape(swin.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
-  ids, num = optim.layer_ids(p)
+  ids, num = optim.layer_ids(p, swin)
   assert num == 4 and ids["patch_embed"] == 0 and ids["stage_1_block_1"] == 4
   assert ids["stage_1_downsample"] == ids["stage_1_block_0"] == 3 and ids["head"] == 5
-  scales = optim.layer_decay_scales(p, 0.5)
+  scales = optim.layer_decay_scales(p, 0.5, swin)
   assert scales["head"]["kernel"] == 1.0 and scales["stage_0_block_0"]["mlp"]["fc1"][
       "kernel"] == 0.5 ** 4 and scales["patch_embed"]["proj"]["kernel"] == 0.5 ** 5
 

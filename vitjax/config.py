@@ -70,6 +70,8 @@ def default_config() -> ml_collections.ConfigDict:
       # Fine-tuning controls (vitjax/optim.py):
       layer_decay=1.0,        # layer-wise lr decay: block l of L gets lr * decay^(L + 1 - l)
       freeze=(),              # regexes on 'a/b/c' param paths: matches never change
+      freeze_depth=0,         # freeze the embeddings and the first k blocks (the model's
+                              # declared block order, vitjax/models/features.py); 0: off
       unfreeze=(),            # ((step, regex), ...): frozen until that step (progressive)
   ))
   # Augmentation and regularisation (vitjax/data/augment.py, vitjax/tasks/mixing.py).

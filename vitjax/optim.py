@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from vitjax.errors import UserError
+from vitjax.models.features import layer_groups
 
 # Parameters never decayed: norms, biases, position embeddings, special tokens.
 _NO_DECAY_NAMES = ("pos_embedding", "cls_token", "dist_token", "mask_token",
@@ -52,8 +53,10 @@ def weight_decay_schedule(opt_cfg, total_steps: int):
       1.0 + jnp.cos(jnp.pi * jnp.minimum(step / max(total_steps, 1), 1.0)))
 
 
-def create_optimizer(opt_cfg, total_steps: int):
-  """(optax transformation, schedule) for `config.optimizer`."""
+def create_optimizer(opt_cfg, total_steps: int, model=None):
+  """(optax transformation, schedule) for `config.optimizer`; `model` (whose
+  declared block order sets the layer ids) is needed for layer_decay and
+  freeze_depth."""
   schedule = create_schedule(opt_cfg, total_steps)
   wd = weight_decay_schedule(opt_cfg, total_steps)
   parts = []
@@ -67,8 +70,12 @@ def create_optimizer(opt_cfg, total_steps: int):
       parts.append(optax.add_decayed_weights(wd, mask=weight_decay_mask))
     parts.append(optax.sgd(schedule, momentum=opt_cfg.momentum or None,
                            nesterov=opt_cfg.nesterov))
-  if getattr(opt_cfg, "layer_decay", 1.0) != 1.0:
-    parts.append(scale_by_layer_decay(opt_cfg.layer_decay))
+  decay, freeze_depth = opt_cfg.get("layer_decay", 1.0), opt_cfg.get("freeze_depth", 0)
+  if decay != 1.0 or freeze_depth:
+    if model is None:
+      raise ValueError("create_optimizer: layer_decay / freeze_depth need the model (its "
+                       "declared block order); pass model=.")
+    parts.append(scale_by_depth(model, decay, freeze_depth))
   return optax.chain(*parts), schedule
 
 
@@ -79,62 +86,90 @@ def global_norm(tree):
 
 # ---------------------------------------------------------------------------
 # Fine-tuning controls: layer-wise lr decay, freezing, progressive unfreezing.
-
-_BLOCK = re.compile(r"^(?:stage_(\d+)_)?block_(\d+)$")
-_STAGE = re.compile(r"^stage_(\d+)_(.*)$")
-_EMBEDDING_WORDS = ("stem", "patch_embed", "embedding", "cls_token", "dist_token",
-                    "pos_embed", "mask_token", "tokenizer")
+# Layer ids come from the block order the model declares
+# (`layer_groups`, vitjax/models/features.py), never from parameter names.
 
 
-def layer_ids(params) -> tuple[dict, int]:
-  """({top-level name: layer id}, number of blocks L) for any vitjax backbone.
+def _prefixes(params):
+  """Every 'a/b' prefix of every parameter path."""
+  out = set()
+  for key in flax.traverse_util.flatten_dict(flax.core.unfreeze(params)):
+    out.update("/".join(key[:i]) for i in range(1, len(key) + 1))
+  return out
 
-  Works from the naming every model file follows: blocks are `block_i` or
-  `stage_s_block_i` (id 1..L in forward order); embeddings / stems before
-  them are 0; a stage's own modules (patch embedding, downsampling) go with
-  the stage's first block and its closing norm with its last block; the final
-  norm and the head are L + 1 (timm's convention for layer decay).
+
+def layer_ids(params, model) -> tuple[dict, int]:
+  """({declared path prefix or top-level name: layer id}, number of blocks L).
+
+  Group 0 of `model`'s declared block order (the embeddings) is id 0, group l
+  (the l-th block with its stage's modules) id l; every other top-level module
+  (final norm, heads) is L + 1 (timm's convention for layer decay).
   """
-  names = list(params)
-  blocks = sorted((int(m.group(1) or 0), int(m.group(2)), n)
-                  for n in names if (m := _BLOCK.match(n)))
-  ids = {n: i + 1 for i, (_, _, n) in enumerate(blocks)}
-  num = len(blocks)
-  for n in names:
-    if n in ids:
-      continue
-    m = _STAGE.match(n)
-    if m:
-      stage = [ids[b] for s, _, b in blocks if s == int(m.group(1))]
-      if stage:
-        closing = "norm" in m.group(2) and "embed" not in m.group(2)
-        ids[n] = max(stage) if closing else min(stage)
-        continue
-    ids[n] = 0 if any(w in n for w in _EMBEDDING_WORDS) else num + 1
+  groups = layer_groups(model)
+  present = _prefixes(params)
+  ids = {}
+  for lid, group in enumerate(groups):
+    found = [n for n in group if n in present]
+    if lid and not found:
+      raise UserError(
+          f"{type(model).__name__} declares block {lid} as {list(group)} but has no such "
+          f"parameters (top-level modules: {sorted(params)[:12]}); its layer_groups() and "
+          "its module names disagree.")
+    ids.update((n, lid) for n in found)
+  num = len(groups) - 1
+  for top in params:
+    if top not in ids and not any(n.startswith(top + "/") for n in ids):
+      ids[top] = num + 1
   return ids, num
 
 
-def layer_decay_scales(params, decay: float):
-  """Per-parameter lr multipliers decay^(L + 1 - layer id) (1.0 for the head)."""
-  ids, num = layer_ids(params)
+def layer_tree(params, model):
+  """(tree of each parameter's layer id, L): the longest declared prefix wins."""
+  ids, num = layer_ids(params, model)
+
+  def lookup(path, _):
+    parts = [getattr(k, "key", getattr(k, "name", k)) for k in path]
+    for i in range(len(parts), 0, -1):
+      lid = ids.get("/".join(map(str, parts[:i])))
+      if lid is not None:
+        return lid
+    return num + 1
+  return jax.tree_util.tree_map_with_path(lookup, params), num
+
+
+def depth_scales(params, model, decay: float = 1.0, freeze_depth: int = 0):
+  """Per-parameter update multipliers: decay^(L + 1 - layer id) (1.0 for the
+  head), and 0 for the embeddings and the first `freeze_depth` blocks."""
+  tree, num = layer_tree(params, model)
   if not num:
-    raise UserError(
-        "config.optimizer.layer_decay needs a model whose blocks are named block_i or "
-        f"stage_s_block_i; this one has top-level modules {sorted(params)[:12]}.")
-  return {n: jax.tree.map(lambda _, s=decay ** (num + 1 - ids[n]): s, sub)
-          for n, sub in params.items()}
+    raise UserError(f"{type(model).__name__} declares no blocks, so layer_decay and "
+                    "freeze_depth do not apply to it.")
+  if not 0 <= freeze_depth <= num + 1:
+    raise UserError(f"config.optimizer.freeze_depth={freeze_depth}: {type(model).__name__} "
+                    f"has {num} blocks; use 0 (off) to {num} (every block frozen, head "
+                    f"trained) or {num + 1} (everything).")
+  return jax.tree.map(
+      lambda lid: 0.0 if freeze_depth and lid <= freeze_depth else decay ** (num + 1 - lid),
+      tree)
 
 
-def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
-  """Multiplies each parameter's update by its layer's lr multiplier."""
+def layer_decay_scales(params, decay: float, model):
+  """Per-parameter lr multipliers decay^(L + 1 - layer id) (1.0 for the head)."""
+  return depth_scales(params, model, decay)
+
+
+def scale_by_depth(model, decay: float = 1.0,
+                   freeze_depth: int = 0) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by its layer's multiplier
+  (`depth_scales`): layer-wise lr decay and freezing by depth."""
 
   def init_fn(params):
-    del params
+    depth_scales(params, model, decay, freeze_depth)  # errors before the first step
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
     del params
-    scales = layer_decay_scales(updates, decay)
+    scales = depth_scales(updates, model, decay, freeze_depth)
     return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
 
   return optax.GradientTransformation(init_fn, update_fn)
