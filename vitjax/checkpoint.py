@@ -6,7 +6,14 @@ latest one. Nothing in the workdir is ever deleted except by Orbax's own
 keep-last-N rotation of checkpoints this run wrote.
 """
 
+import contextlib
+import errno
+import io
+import logging
 import os
+import shutil
+import sys
+import time
 
 import flax
 import jax
@@ -16,43 +23,124 @@ import orbax.checkpoint as ocp
 from vitjax.errors import UserError
 from vitjax.models.layers import resample_posemb, resample_relative_position_bias_table
 
+log = logging.getLogger(__name__)
+
 
 class Checkpointer:
-  """Periodic, preemption and final saves of the train state."""
+  """Periodic, preemption and final saves of the train state.
+
+  Faults: a checkpoint that cannot be restored (unreadable, truncated,
+  missing files) is renamed `<step>.damaged` (never deleted), reported in one
+  line, and the newest one that restores is used instead; a save that fails
+  for lack of disk space stops the run with one message, the earlier
+  checkpoints intact. Orbax writes each save into a temporary folder and
+  renames it when complete, so a save killed half-way is never read back.
+  """
 
   def __init__(self, workdir: str, keep: int = 3):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    self.manager = ocp.CheckpointManager(
+    self.keep = keep
+    self._pending, self._bytes = None, 0  # the save in flight; its arrays' bytes
+    _quiet_orbax_disk_full()
+    self.manager = self._manager()
+
+  def _manager(self):
+    return ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True),
         item_handlers=ocp.StandardCheckpointHandler())
 
   def latest_step(self):
     return self.manager.latest_step()
 
   def save(self, step: int, state, force: bool = False):
-    self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
+    self._bytes = state_bytes(state)
+    try:
+      # Orbax first waits for the previous (asynchronous) save: its error surfaces here.
+      self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      self._raise_if_disk_full(self._pending if self._pending is not None else step, e)
+      raise
+    self._pending = int(step)
 
   def wait(self):
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      self._raise_if_disk_full(self._pending, e)
+      raise
+    self._pending = None
+
+  def _raise_if_disk_full(self, step, error):
+    if not _is_disk_full(error):
+      return
+    free = shutil.disk_usage(self.directory).free
+    kept = sorted(self.manager.all_steps())
+    if step in kept:
+      kept.remove(step)
+    raise UserError(
+        f"The disk holding {self.directory} is full: saving the checkpoint of step {step} "
+        f"failed with {_mb(free)} free (a checkpoint needs about {_mb(self._bytes)} of "
+        f"arrays). The earlier checkpoints {kept} are intact. Free space (or copy the workdir "
+        "to a larger disk) and run the same command again to resume.") from None
 
   def restore(self, state):
-    """Restores the latest checkpoint into the structure/shardings of `state`."""
-    step = self.latest_step()
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    self._check_fits(step, state)
-    try:
-      return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except (ValueError, KeyError, TypeError) as e:
-      raise UserError(
-          f"The checkpoint at {self.directory}/{step} does not fit this run's "
-          f"model/optimizer ({_short(e)}). It was written by another config. Use a "
-          "new --workdir for this config, or run the config that wrote it. Nothing "
-          "was deleted.") from e
+    """Restores the newest usable checkpoint into the structure/shardings of `state`.
 
-  def _check_fits(self, step, state):
+    Returns None when there is no checkpoint. A checkpoint written for another
+    model/optimizer is a UserError (nothing renamed); a damaged one is set
+    aside as `<step>.damaged` and the next older one is tried.
+    """
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    damaged = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        with _failed_reads_quiet():
+          stored = self.manager.item_metadata(step)
+      except Exception as e:  # pylint: disable=broad-except
+        damaged.append(self._set_aside(step, e))
+        continue
+      self._check_fits(step, state, stored)
+      try:
+        with _failed_reads_quiet():
+          restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+          jax.block_until_ready(restored)
+      except Exception as e:  # pylint: disable=broad-except
+        if stored is None:  # no metadata to tell damage from another model's layout
+          raise UserError(
+              f"The checkpoint at {self.directory}/{step} does not fit this run's "
+              f"model/optimizer ({_short(e)}). It was written by another config. Use a "
+              "new --workdir for this config, or run the config that wrote it. Nothing "
+              "was deleted.") from e
+        damaged.append(self._set_aside(step, e))
+        continue
+      return restored
+    if damaged:
+      self.close()
+      raise UserError(
+          f"No checkpoint in {self.directory} can be restored; the damaged ones were kept "
+          f"as {', '.join(damaged)}. Restore a copy of the workdir, or start again with a "
+          "new --workdir (nothing was deleted).")
+    return None
+
+  def _set_aside(self, step: int, error) -> str:
+    """Renames a damaged step folder `<step>.damaged[.k]` and reports it; returns the name."""
+    src = os.path.join(self.directory, str(step))
+    dst, k = src + ".damaged", 1
+    while os.path.exists(dst):
+      dst, k = f"{src}.damaged.{k}", k + 1
+    if jax.process_index() == 0:
+      os.rename(src, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"vitjax_set_aside_{step}")
+    log.warning("Checkpoint step %d in %s cannot be restored (%s); kept as %s, trying "
+                "the previous one.", step, self.directory, _short(error, 200), dst)
+    self.manager.reload()
+    return dst
+
+  def _check_fits(self, step, state, stored):
     """Compares shapes with the checkpoint's metadata before touching arrays."""
-    stored = self.manager.item_metadata(step)
     if stored is None:
       return
     mine, theirs = _flat_shapes(state.params), _flat_shapes(stored["params"])
@@ -75,6 +163,57 @@ class Checkpointer:
     self.manager.close()
 
 
+def _is_disk_full(error) -> bool:
+  text = f"{type(error).__name__}: {error}"
+  return (isinstance(error, OSError) and error.errno == errno.ENOSPC or
+          "No space left" in text or "ENOSPC" in text)
+
+
+class _OrbaxDiskFullFilter(logging.Filter):
+  """Drops Orbax's own tracebacks of a disk-full save: the Checkpointer reports it once."""
+
+  def filter(self, record):
+    exc = record.exc_info[1] if record.exc_info else None
+    return not ("orbax" in record.pathname and exc is not None and _is_disk_full(exc))
+
+
+def _quiet_orbax_disk_full():
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(f, _OrbaxDiskFullFilter) for f in absl_logger.filters):
+    absl_logger.addFilter(_OrbaxDiskFullFilter())
+
+
+@contextlib.contextmanager
+def _failed_reads_quiet(grace_s: float = 1.0):
+  """Holds back what is printed while reading a checkpoint; drops it if the read fails.
+
+  When one array of a damaged checkpoint fails, tensorstore's other pending
+  reads finish after Orbax's event loop has closed, and each prints a
+  'RuntimeError: Event loop is closed' traceback: noise, once the failure
+  itself is reported in one line. A read that succeeds prints what it held.
+  """
+  held, real = io.StringIO(), sys.stderr
+  sys.stderr = held
+  try:
+    yield
+  except BaseException:
+    time.sleep(grace_s)  # let the stray callbacks print into `held`
+    raise
+  else:
+    real.write(held.getvalue())
+  finally:
+    sys.stderr = real
+
+
+def state_bytes(tree) -> int:
+  """Bytes of every array of a pytree (arrays or shape/dtype structs)."""
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def _mb(n: int) -> str:
+  return f"{n / 2 ** 20:,.1f} MB"
+
+
 def _flat_shapes(tree):
   """{'a/b/kernel': shape} for every array of a params tree."""
   out = {}
@@ -91,32 +230,51 @@ def _short(e, n=300):
   return s[:n]
 
 
-def _find_checkpoint(path: str):
+def _find_checkpoint(path: str, step: int | None = None,
+                     what: str = "config.init_from.checkpoint"):
   """A vitjax workdir, its checkpoints/ dir or a step dir -> (manager dir, step)."""
   path = os.path.abspath(path)
   if not os.path.exists(path):
-    raise UserError(f"config.init_from.checkpoint={path!r} does not exist. Point it at a "
-                    "vitjax workdir, its checkpoints/ folder, or one checkpoint step folder.")
+    raise UserError(f"{what}={path!r} does not exist. Point it at a vitjax workdir, its "
+                    "checkpoints/ folder, or one checkpoint step folder.")
   if os.path.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
   base = os.path.basename(path.rstrip("/"))
   if base.isdigit() and os.path.isdir(path):
+    if step is not None and step != int(base):
+      raise UserError(f"{what}={path!r} is the checkpoint of step {base}, not {step}.")
     return os.path.dirname(path), int(base)
-  steps = [int(d) for d in os.listdir(path) if d.isdigit()]
+  steps = sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
   if not steps:
-    raise UserError(f"No vitjax checkpoint found under {path!r} (expected numbered step "
-                    "folders written by a vitjax run).")
-  return path, max(steps)
+    raise UserError(f"{what}: no vitjax checkpoint found under {path!r} (expected numbered "
+                    "step folders written by a vitjax run).")
+  if step is None:
+    return path, steps[-1]
+  if step not in steps:
+    raise UserError(f"{what}: {path!r} has no checkpoint of step {step}; it has steps {steps}.")
+  return path, step
 
 
-def load_vitjax_params(path: str):
-  """The params (and model state) of a vitjax checkpoint, as numpy trees."""
-  directory, step = _find_checkpoint(path)
+def read_checkpoint(path: str, step: int | None = None,
+                    what: str = "config.init_from.checkpoint"):
+  """(stored tree, step) of a vitjax checkpoint, as numpy trees.
+
+  `path`: a workdir, its checkpoints/ folder or one step folder; `step`: None
+  for the latest. The tree is what the run saved (params, model_state,
+  ema_params, ...); `what` names the setting that gave `path` in errors.
+  """
+  directory, step = _find_checkpoint(path, step, what)
   with ocp.CheckpointManager(directory) as mngr:
     try:
       restored = mngr.restore(step, args=ocp.args.StandardRestore())
     except Exception as e:  # pylint: disable=broad-except
       raise UserError(f"Could not read the checkpoint {directory}/{step}: {_short(e)}") from e
+  return restored, step
+
+
+def load_vitjax_params(path: str):
+  """The params (and model state) of a vitjax checkpoint, as numpy trees."""
+  restored, _ = read_checkpoint(path)
   return restored["params"], restored.get("model_state", {}) or {}
 
 

@@ -23,10 +23,14 @@ _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts
 _PID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _CPU_COLLECTIVES = flags.DEFINE_string(
     "cpu_collectives", "gloo", "Cross-process collectives on CPU ('gloo' or 'mpi').")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout", 120,
+    "Multi-process runs: seconds without a heartbeat after which a process counts as lost "
+    "and the others stop (instead of waiting forever in a collective).")
 
 
 def init_distributed(coordinator=None, num_processes=None, process_id=None,
-                     cpu_collectives="gloo"):
+                     cpu_collectives="gloo", heartbeat_timeout=120):
   """Joins a multi-process run when one is described; no-op otherwise."""
   import jax  # pylint: disable=g-import-not-at-top
   coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
@@ -36,7 +40,8 @@ def init_distributed(coordinator=None, num_processes=None, process_id=None,
   if coordinator and num_processes and int(num_processes) > 1:
     if jax.config.jax_platforms in (None, "", "cpu") and cpu_collectives:
       jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    jax.distributed.initialize(coordinator, int(num_processes), process_id)
+    jax.distributed.initialize(coordinator, int(num_processes), process_id,
+                               heartbeat_timeout_seconds=int(heartbeat_timeout))
   elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("SLURM_JOB_ID"):
     jax.distributed.initialize()  # cluster auto-detection
 
@@ -53,7 +58,8 @@ def main(argv):
                      "--workdir=/tmp/quickstart\n")
     sys.exit(2)
   try:
-    init_distributed(_COORD.value, _NPROC.value, _PID.value, _CPU_COLLECTIVES.value)
+    init_distributed(_COORD.value, _NPROC.value, _PID.value, _CPU_COLLECTIVES.value,
+                     _HEARTBEAT.value)
     import jax  # pylint: disable=g-import-not-at-top
     from vitjax import allocator  # pylint: disable=g-import-not-at-top
     hint = allocator.hint(jax.default_backend())

@@ -12,7 +12,9 @@ import functools
 import json
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import time
 from typing import Any
 
@@ -202,6 +204,29 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._old)
 
 
+def _check_workdir_writable(workdir):
+  """Refuses, before any compute, a workdir that cannot be created or written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".vitjax-write-check-"):
+      pass
+  except OSError as e:
+    raise UserError(f"The workdir {workdir} cannot be written ({e.strerror or e}). Give a "
+                    "--workdir on a writable filesystem (nothing in this one was "
+                    "changed).") from None
+
+
+def _check_free_space(workdir, checkpoint_bytes: int):
+  """Refuses a workdir whose filesystem cannot hold one more checkpoint."""
+  free = shutil.disk_usage(workdir).free
+  need = int(checkpoint_bytes * 1.1) + (1 << 20)  # arrays + Orbax's metadata files
+  if free < need:
+    raise UserError(
+        f"The filesystem of the workdir {workdir} has {free / 2 ** 20:,.1f} MB free, but one "
+        f"checkpoint of this run needs about {need / 2 ** 20:,.1f} MB. Free space or give a "
+        "--workdir on a larger filesystem (nothing in this one was changed).")
+
+
 def _check_workdir_config(config, workdir):
   """Refuses to resume a workdir that a different model/task wrote."""
   path = os.path.join(workdir, "config.json")
@@ -243,7 +268,7 @@ def train_and_evaluate(config, workdir: str):
   """
   mesh = shard_lib.create_mesh()
   validate_config(config, jax.device_count(), jax.process_count())
-  os.makedirs(workdir, exist_ok=True)
+  _check_workdir_writable(workdir)
   _check_workdir_config(config, workdir)
 
   task_cls = get_task(config.task)
@@ -251,7 +276,7 @@ def train_and_evaluate(config, workdir: str):
   model = build_model(config, info.num_classes)
   task = task_cls(config, info, model)
   total_steps = total_train_steps(config, info)
-  tx, schedule = optim.create_optimizer(config.optimizer, total_steps)
+  tx, schedule = optim.create_optimizer(config.optimizer, total_steps, model)
   repl = shard_lib.replicated(mesh)
   base_rng = jax.random.PRNGKey(config.seed)
 
@@ -263,27 +288,31 @@ def train_and_evaluate(config, workdir: str):
 
   init_rng = jax.random.fold_in(base_rng, 1 << 20)
   opt = config.optimizer
-  # Start-up checks on the param shapes: traced once, not compiled.
-  shapes = jax.eval_shape(init_state, init_rng)[0]
-  optim.check_freeze_patterns(shapes, opt)
-  if opt.layer_decay != 1:
-    optim.layer_decay_scales(shapes, opt.layer_decay)
-  task.check_params(shapes)
+  def make_state(p, ms):
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), model_state=ms,
+        nonfinite_step=jnp.full((), -1, jnp.int32),
+        ema_params=p if config.ema_decay else None,
+        task_state=task.init_task_state(p))
+
+  # Start-up checks on the shapes: traced, not compiled or run.
+  shapes = jax.eval_shape(init_state, init_rng)
+  optim.check_freeze_patterns(shapes[0], opt)
+  if opt.layer_decay != 1 or opt.get("freeze_depth", 0):
+    optim.depth_scales(shapes[0], model, opt.layer_decay, opt.get("freeze_depth", 0))
+  task.check_params(shapes[0])
+  _check_free_space(workdir, ckpt_lib.state_bytes(jax.eval_shape(make_state, *shapes)))
+
   params, model_state = jax.jit(init_state, out_shardings=repl)(init_rng)
   if config.init_from.checkpoint:
     params, model_state = _init_from(config, params, model_state, model)
     params, model_state = jax.device_put((params, model_state), repl)
-
-  state = jax.jit(lambda p, ms: TrainState(
-      step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), model_state=ms,
-      nonfinite_step=jnp.full((), -1, jnp.int32),
-      ema_params=p if config.ema_decay else None,
-      task_state=task.init_task_state(p)),
-      out_shardings=repl)(params, model_state)
+  state = jax.jit(make_state, out_shardings=repl)(params, model_state)
 
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
+  restored = checkpointer.restore(state)
+  if restored is not None:
+    state = restored
     log.info("Resumed from %s at step %d", checkpointer.directory, int(state.step))
   start_step = int(state.step)
 
@@ -301,7 +330,7 @@ def train_and_evaluate(config, workdir: str):
     train_step = lambda state, batch: jitted(state, batch, consts)
   eval_fn = make_eval_fn(task, repl)
 
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, start_step=start_step)
   steps_per_epoch = data_lib.steps_per_epoch(config, info)
   eval_every = config.eval_every_steps or steps_per_epoch
   batches = shard_lib.prefetch_to_mesh(
@@ -365,6 +394,7 @@ def train_and_evaluate(config, workdir: str):
         return {"preempted_at_step": done}
   finally:
     batches.close()
+    writer.close()
     progress.close()
     checkpointer.wait()
     checkpointer.close()
