@@ -23,32 +23,13 @@ from vitjax.models import create_model
 from vitjax.models.convnext import ConvNeXt
 from vitjax.models.efficientnet import EfficientNet
 from vitjax.models.resnet import ResNet
+from oracle import assert_close, count_params, randomize
 
-MAX_DIFFS = {}  # case -> max |logits diff|, printed with -s
-
-
-def randomize(torch, model, seed=0):
-  """Re-draws every tensor of `model`: conv / linear weights ~ N(0, 1/fan_in),
-  norm scales ~ 1 + N(0, 0.1), biases and other vectors ~ N(0, 0.1), BN
-  running means ~ N(0, 0.2) and running variances ~ U(0.5, 1.5)."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    norm_types = (torch.nn.BatchNorm2d, torch.nn.LayerNorm)
-    norms = {id(m.weight) for m in model.modules()
-             if isinstance(m, norm_types) or type(m).__name__.endswith("LayerNorm")}
-    for p in model.parameters():
-      if id(p) in norms:
-        p.normal_(1.0, 0.1)
-      elif p.ndim >= 2:
-        p.normal_(0.0, float(np.prod(p.shape[1:])) ** -0.5)
-      else:
-        p.normal_(0.0, 0.1)
-    for m in model.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.normal_(0.0, 0.2)
-        m.running_var.uniform_(0.5, 1.5)
-        m.num_batches_tracked.fill_(7)
-  return model.eval()
+# How `randomize` re-draws the references: conv / linear weights ~ N(0, 1/fan_in),
+# norm scales ~ 1 + N(0, 0.1), biases and other vectors ~ N(0, 0.1), BN running
+# means ~ N(0, 0.2) and running variances ~ U(0.5, 1.5).
+STYLE = dict(norms=("BatchNorm2d", "LayerNorm"), norm_suffix="LayerNorm", fan_in=True,
+             std=0.1, bn_mean_std=0.2, bn_count=7)
 
 
 def images(torch, h, w, seed=1):
@@ -62,29 +43,12 @@ def run(model_cls, variables, kwargs, x_nhwc):
   return np.asarray(logits), out
 
 
-def assert_close(case, ref, got, tol):
-  ref, got = np.asarray(ref), np.asarray(got)
-  assert ref.shape == got.shape
-  diff = float(np.max(np.abs(ref - got)))
-  MAX_DIFFS[case] = diff
-  print(f"\n{case}: max |diff| {diff:.2e} (|ref| max {np.max(np.abs(ref)):.2f})")
-  assert np.std(ref) > 0.1, "reference output is degenerate"
-  assert diff <= tol, f"{case}: max abs diff {diff}"
-
-
 def init(model, x):
   """model.init, jitted. Partitionable threefry (jax's default) makes XLA:CPU
   compile every distinct random-init shape slowly (~1 s each on 2 cores, and
   a CNN has many); the classic threefry gives other, equally random, values."""
   with jax.threefry_partitionable(False):
     return jax.jit(model.init)(jax.random.PRNGKey(0), x)
-
-
-def n_params(name, size=224, **kw):
-  m = create_model(name, **kw)
-  v = jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x),
-                     jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(v["params"]))
 
 
 # ---------------------------------------------------------------------------
@@ -104,8 +68,9 @@ def test_hf_resnet_parity(torch, transformers, case):
                                     depths=[2, 1, 2, 1], layer_type="bottleneck",
                                     num_labels=7)
     size = 64
-  ref = randomize(torch, transformers.ResNetForImageClassification(cfg))
-  variables, kw = hf_resnet_to_vitjax(ref.state_dict(), cfg)
+  ref = randomize(transformers.ResNetForImageClassification(cfg), **STYLE)
+  cv = hf_resnet_to_vitjax(ref.state_dict(), cfg)
+  variables, kw = cv.variables, cv.model_kwargs
   assert kw["block"] == case and kw["stage_depths"] == tuple(cfg.depths)
   assert kw["num_classes"] == cfg.num_labels
   x, x_nhwc = images(torch, size, size)
@@ -124,7 +89,8 @@ def test_hf_resnet_refuses_v1_and_new_head(torch, transformers):
   sd = transformers.ResNetForImageClassification(cfg).state_dict()
   with pytest.raises(UserError, match="downsample_in_bottleneck"):
     hf_resnet_to_vitjax(sd, dict(cfg.to_dict(), downsample_in_bottleneck=True))
-  variables, kw = hf_resnet_to_vitjax(sd, num_classes=10)
+  cv = hf_resnet_to_vitjax(sd, num_classes=10)
+  variables, kw = cv.variables, cv.model_kwargs
   assert kw["num_classes"] == 10 and "head" not in variables["params"]
   with pytest.raises(UserError, match="contradicts"):
     hf_resnet_to_vitjax(sd, stage_depths=(2, 2))
@@ -134,7 +100,7 @@ def test_hf_resnet_refuses_v1_and_new_head(torch, transformers):
     ("resnet18", 11.69e6), ("resnet34", 21.80e6), ("resnet50", 25.56e6),
     ("resnet101", 44.55e6)])
 def test_resnet_param_counts(name, published):
-  assert n_params(name) == pytest.approx(published, rel=0.01)
+  assert count_params(name) == pytest.approx(published, rel=0.01)
 
 
 def test_resnet_bad_sizes_fail_at_construction():
@@ -179,8 +145,9 @@ def test_hf_convnext_parity(torch, transformers, case):
                                       layer_scale_init_value=0.0, layer_norm_eps=1e-6)
     ref = transformers.ConvNextModel(cfg)
     size = 32
-  ref = randomize(torch, ref)
-  variables, kw = hf_convnext_to_vitjax(ref.state_dict(), cfg)
+  ref = randomize(ref, **STYLE)
+  cv = hf_convnext_to_vitjax(ref.state_dict(), cfg)
+  variables, kw = cv.variables, cv.model_kwargs
   assert kw["depths"] == tuple(cfg.depths) and kw["widths"] == tuple(cfg.hidden_sizes)
   assert kw["head_norm_eps"] == cfg.layer_norm_eps and "batch_stats" not in variables
   x, x_nhwc = images(torch, size, size)
@@ -197,7 +164,7 @@ def test_hf_convnext_parity(torch, transformers, case):
 @pytest.mark.parametrize("name,published", [
     ("convnext_tiny", 28.6e6), ("convnext_small", 50.2e6)])
 def test_convnext_param_counts(name, published):
-  assert n_params(name) == pytest.approx(published, rel=0.01)
+  assert count_params(name) == pytest.approx(published, rel=0.01)
 
 
 def test_convnext_bad_sizes_and_drop_path():
@@ -239,8 +206,9 @@ def test_hf_efficientnet_parity(torch, transformers, case):
         depthwise_padding=[5])  # block 5: the stride-2 first block of stage 2
     ref = transformers.EfficientNetModel(cfg)
     size = 33
-  ref = randomize(torch, ref)
-  variables, kw = hf_efficientnet_to_vitjax(ref.state_dict(), cfg)
+  ref = randomize(ref, **STYLE)
+  cv = hf_efficientnet_to_vitjax(ref.state_dict(), cfg)
+  variables, kw = cv.variables, cv.model_kwargs
   x, x_nhwc = images(torch, size, size)
   with torch.no_grad():
     r = ref(pixel_values=x)
@@ -254,7 +222,7 @@ def test_hf_efficientnet_parity(torch, transformers, case):
     ("efficientnet_b0", 5.29e6), ("efficientnet_b1", 7.79e6), ("efficientnet_b2", 9.11e6),
     ("efficientnet_b3", 12.23e6)])
 def test_efficientnet_param_counts(name, published):
-  assert n_params(name) == pytest.approx(published, rel=0.01)
+  assert count_params(name) == pytest.approx(published, rel=0.01)
 
 
 def test_efficientnet_bad_sizes():

@@ -6,20 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-
-def _redraw(torch, model, seed):
-  """Every parameter and buffer (incl. the frozen BatchNorm statistics) re-drawn."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-      if not t.is_floating_point():
-        continue
-      if name.endswith("running_var"):
-        t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-      elif "norm" in name and name.endswith("weight") and t.ndim == 1:
-        t.copy_(1.0 + 0.2 * torch.randn(t.shape, generator=g))
-      else:
-        t.copy_(0.2 * torch.randn(t.shape, generator=g))
+from oracle import redraw
 
 
 def test_matches_hf_conditional_detr(torch, transformers):
@@ -33,11 +20,12 @@ def test_matches_hf_conditional_detr(torch, transformers):
       encoder_layers=2, decoder_layers=3, encoder_ffn_dim=24, decoder_ffn_dim=24,
       encoder_attention_heads=2, decoder_attention_heads=2, num_queries=7, num_labels=4)
   model = transformers.ConditionalDetrForObjectDetection(cfg).eval()
-  _redraw(torch, model, seed=2)
+  redraw(model, 2, is_norm=lambda name: "norm" in name)
   x = np.random.default_rng(0).normal(size=(2, 3, 100, 76)).astype(np.float32)
   with torch.no_grad():
     ref = model(pixel_values=torch.tensor(x))
-  variables, kwargs = hf_conditional_detr_to_vitjax(model.state_dict(), config=cfg)
+  cv = hf_conditional_detr_to_vitjax(model.state_dict(), config=cfg)
+  variables, kwargs = cv.variables, cv.model_kwargs
   logits, out = jax.jit(ConditionalDETR(**kwargs).apply)(
       variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
   dl = np.abs(np.asarray(logits) - ref.logits.numpy()).max()

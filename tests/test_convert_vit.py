@@ -22,6 +22,7 @@ from vitjax.convert import (check_params, hf_vit_config, hf_vit_to_vitjax,
 from vitjax.convert.common import flatten_params
 from vitjax.errors import UserError
 from vitjax.models.vit import VisionTransformer
+from oracle import assert_close, randomize
 
 try:
   from torchvision_stub import import_timm
@@ -35,21 +36,6 @@ TOL = 1e-4
 def timm(transformers):  # transformers first: it must not see the stand-in
   del transformers
   return import_timm()
-
-
-def randomize(torch, model, seed=0):
-  """Re-draws every parameter: LayerNorm scales ~ 1 + N(0, 0.1), the rest
-  (biases, tokens, position embeddings, heads) ~ N(0, 0.05)."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    ln = {id(m.weight) for m in model.modules()
-          if isinstance(m, torch.nn.LayerNorm) and m.weight is not None}
-    for p in model.parameters():
-      if id(p) in ln:
-        p.normal_(1.0, 0.1)
-      else:
-        p.normal_(0.0, 0.05)
-  return model.eval()
 
 
 def save(torch, model, path):
@@ -71,15 +57,6 @@ def run_vitjax(params, kwargs, x_nhwc):
   return np.asarray(logits), jax.tree_util.tree_map(np.asarray, out)
 
 
-def assert_close(case, ref, got):
-  ref, got = np.asarray(ref), np.asarray(got)
-  assert ref.shape == got.shape
-  diff = float(np.max(np.abs(ref - got)))
-  print(f"\n{case}: max |diff| {diff:.2e} (|ref| max {np.max(np.abs(ref)):.2f})")
-  assert np.std(ref) > 0.1, "reference output is degenerate"
-  assert diff <= TOL, f"{case}: max abs diff {diff}"
-
-
 def assert_trees_equal(a, b):
   fa, fb = flatten_params(a), flatten_params(b)
   assert sorted(fa) == sorted(fb)
@@ -96,7 +73,7 @@ def test_hf_vit_tiny_parity(torch, transformers, tmp_path):
   cfg = transformers.ViTConfig(
       hidden_size=192, num_hidden_layers=4, num_attention_heads=3,
       intermediate_size=768, image_size=(48, 64), patch_size=16, num_labels=10)
-  ref = randomize(torch, transformers.ViTForImageClassification(cfg))
+  ref = randomize(transformers.ViTForImageClassification(cfg))
   path = save(torch, ref, tmp_path / "model.safetensors")
   params, kw = load_pretrained(path, "hf", config=cfg.to_dict(), validate=False)
   assert kw["num_heads"] == 3 and kw["layer_norm_eps"] == 1e-12
@@ -106,7 +83,7 @@ def test_hf_vit_tiny_parity(torch, transformers, tmp_path):
   with torch.no_grad():
     want = ref(pixel_values=x).logits.numpy()
   got, _ = run_vitjax(params, kw, x_nhwc)
-  assert_close("hf ViT-Ti/16", want, got)
+  assert_close("hf ViT-Ti/16", want, got, TOL)
 
 
 def test_hf_snapshot_folder_and_pooler(torch, transformers, tmp_path):
@@ -115,7 +92,7 @@ def test_hf_snapshot_folder_and_pooler(torch, transformers, tmp_path):
   cfg = transformers.ViTConfig(
       hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
       intermediate_size=128, image_size=32, patch_size=8, layer_norm_eps=1e-6)
-  ref = randomize(torch, transformers.ViTModel(cfg))
+  ref = randomize(transformers.ViTModel(cfg))
   ref.save_pretrained(tmp_path / "snap", safe_serialization=True)
   params, kw = load_pretrained(str(tmp_path / "snap"), "hf")
   assert kw["num_classes"] == 0 and kw["representation_size"] == 64
@@ -125,7 +102,7 @@ def test_hf_snapshot_folder_and_pooler(torch, transformers, tmp_path):
   with torch.no_grad():
     want = ref(pixel_values=x).pooler_output.numpy()
   got, _ = run_vitjax(params, kw, x_nhwc)
-  assert_close("hf ViTModel pooler", want, got)
+  assert_close("hf ViTModel pooler", want, got, TOL)
   # Fine-tuning: drop the pooler, ask for a new head.
   params2, kw2 = load_pretrained(str(tmp_path / "snap"), "hf",
                                  representation_size=None, num_classes=7)
@@ -138,7 +115,7 @@ def test_hf_deit_tiny_distilled_parity(torch, transformers, tmp_path):
   cfg = transformers.DeiTConfig(
       hidden_size=192, num_hidden_layers=4, num_attention_heads=3,
       intermediate_size=768, image_size=64, patch_size=16, num_labels=10)
-  ref = randomize(torch, transformers.DeiTForImageClassificationWithTeacher(cfg))
+  ref = randomize(transformers.DeiTForImageClassificationWithTeacher(cfg))
   path = save(torch, ref, tmp_path / "deit.safetensors")
   params, kw = load_pretrained(path, "hf", config=cfg)
   assert kw["distilled"] and kw["num_heads"] == 3
@@ -147,7 +124,7 @@ def test_hf_deit_tiny_distilled_parity(torch, transformers, tmp_path):
   with torch.no_grad():
     r = ref(pixel_values=x)
   got, out = run_vitjax(params, kw, x_nhwc)
-  assert_close("hf DeiT-Ti distilled", r.logits.numpy(), got)
+  assert_close("hf DeiT-Ti distilled", r.logits.numpy(), got, TOL)
   np.testing.assert_allclose(out["logits_cls"], r.cls_logits.numpy(), atol=TOL)
   np.testing.assert_allclose(out["logits_dist"], r.distillation_logits.numpy(), atol=TOL)
 
@@ -158,14 +135,15 @@ def test_hf_deit_single_head_parity(torch, transformers, tmp_path):
       hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
       intermediate_size=128, image_size=32, patch_size=16, num_labels=5,
       qkv_bias=False)
-  ref = randomize(torch, transformers.DeiTForImageClassification(cfg))
-  params, kw = hf_vit_to_vitjax(ref.state_dict(), cfg)  # torch tensors, in memory
+  ref = randomize(transformers.DeiTForImageClassification(cfg))
+  cv = hf_vit_to_vitjax(ref.state_dict(), cfg)
+  params, kw = cv.params, cv.model_kwargs  # torch tensors, in memory
   assert kw["distilled"] and not kw["qkv_bias"]
   x, x_nhwc = images(torch, 32, 32)
   with torch.no_grad():
     want = ref(pixel_values=x).logits.numpy()
   got, _ = run_vitjax(params, kw, x_nhwc)
-  assert_close("hf DeiT single head", want, got)
+  assert_close("hf DeiT single head", want, got, TOL)
 
 
 # ---------------------------------------------------------------------------
@@ -173,7 +151,7 @@ def test_hf_deit_single_head_parity(torch, transformers, tmp_path):
 
 def test_timm_vit_small_gap_parity(torch, timm, tmp_path):
   """ViT-S/32 without class token, global average pooling + fc_norm."""
-  ref = randomize(torch, timm.create_model(
+  ref = randomize(timm.create_model(
       "vit_small_patch32_224", pretrained=False, class_token=False,
       global_pool="avg", img_size=64, num_classes=10))
   path = save(torch, ref, tmp_path / "s32.safetensors")
@@ -184,14 +162,14 @@ def test_timm_vit_small_gap_parity(torch, timm, tmp_path):
   with torch.no_grad():
     want = ref(x).numpy()
   got, _ = run_vitjax(params, kw, x_nhwc)
-  assert_close("timm ViT-S/32 gap", want, got)
+  assert_close("timm ViT-S/32 gap", want, got, TOL)
 
 
 def test_timm_vit_tiny_parity_and_round_trips(torch, transformers, timm, tmp_path):
   """timm ViT-Ti/16 with class token (depth 4); vitjax -> timm -> vitjax and
   vitjax -> HF -> vitjax are exact, and the exports load strictly into timm
   and HF models that compute the same logits."""
-  ref = randomize(torch, timm.create_model(
+  ref = randomize(timm.create_model(
       "vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=10,
       depth=4))
   path = save(torch, ref, tmp_path / "ti16.safetensors")
@@ -201,12 +179,13 @@ def test_timm_vit_tiny_parity_and_round_trips(torch, transformers, timm, tmp_pat
   with torch.no_grad():
     want = ref(x).numpy()
   got, _ = run_vitjax(params, kw, x_nhwc)
-  assert_close("timm ViT-Ti/16", want, got)
+  assert_close("timm ViT-Ti/16", want, got, TOL)
 
   # timm round trip, and a strict load into a fresh timm model.
   sd = vitjax_to_timm_vit(params)
   assert sorted(sd) == sorted(ref.state_dict())
-  params2, kw2 = timm_vit_to_vitjax(sd, num_heads=3)
+  cv = timm_vit_to_vitjax(sd, num_heads=3)
+  params2, kw2 = cv.params, cv.model_kwargs
   assert_trees_equal(params, params2)
   assert kw2 == kw
 
@@ -214,7 +193,8 @@ def test_timm_vit_tiny_parity_and_round_trips(torch, transformers, timm, tmp_pat
   cfg = hf_vit_config(params, kw)
   for layout in ("legacy", "v5"):
     hf_sd = vitjax_to_hf_vit(params, layout=layout)
-    params3, kw3 = hf_vit_to_vitjax(hf_sd, cfg)
+    cv = hf_vit_to_vitjax(hf_sd, cfg)
+    params3, kw3 = cv.params, cv.model_kwargs
     assert_trees_equal(params, params3)
     assert kw3 == kw
   hf = transformers.ViTForImageClassification(transformers.ViTConfig(**cfg)).eval()
@@ -222,11 +202,11 @@ def test_timm_vit_tiny_parity_and_round_trips(torch, transformers, timm, tmp_pat
   hf.load_state_dict({k: torch.from_numpy(v) for k, v in
                       vitjax_to_hf_vit(params, layout=layout).items()}, strict=True)
   with torch.no_grad():
-    assert_close("vitjax -> HF export", got, hf(pixel_values=x).logits.numpy())
+    assert_close("vitjax -> HF export", got, hf(pixel_values=x).logits.numpy(), TOL)
 
 
 def test_timm_deit_distilled_parity_and_round_trip(torch, timm, tmp_path):
-  ref = randomize(torch, timm.create_model(
+  ref = randomize(timm.create_model(
       "deit_tiny_distilled_patch16_224", pretrained=False, img_size=32,
       num_classes=5, depth=2))
   params, kw = load_pretrained(save(torch, ref, tmp_path / "d.safetensors"),
@@ -236,8 +216,8 @@ def test_timm_deit_distilled_parity_and_round_trip(torch, timm, tmp_path):
   with torch.no_grad():
     want = ref(x).numpy()
   got, _ = run_vitjax(params, kw, x_nhwc)
-  assert_close("timm DeiT-Ti distilled", want, got)
-  params2, _ = timm_vit_to_vitjax(vitjax_to_timm_vit(params), num_heads=3)
+  assert_close("timm DeiT-Ti distilled", want, got, TOL)
+  params2 = timm_vit_to_vitjax(vitjax_to_timm_vit(params), num_heads=3).params
   assert_trees_equal(params, params2)
 
 
@@ -340,11 +320,12 @@ def test_safetensors_reader_and_round_trip_without_torch(tmp_path):
   assert params3["pos_embedding"].dtype == np.float32
 
   # vitjax -> HF -> vitjax, and GAP models have no HF form.
-  params4, _ = hf_vit_to_vitjax(vitjax_to_hf_vit(params), hf_vit_config(params, kw))
+  params4 = hf_vit_to_vitjax(vitjax_to_hf_vit(params), hf_vit_config(params, kw)).params
   assert_trees_equal(params, params4)
   gap, gap_kw = tiny_vitjax(pool="gap", fc_norm=True)
   with pytest.raises(UserError, match="global-average"):
     vitjax_to_hf_vit(gap)
-  gap2, gap_kw2 = timm_vit_to_vitjax(vitjax_to_timm_vit(gap), num_heads=2)
+  cv = timm_vit_to_vitjax(vitjax_to_timm_vit(gap), num_heads=2)
+  gap2, gap_kw2 = cv.params, cv.model_kwargs
   assert_trees_equal(gap, gap2)
   assert gap_kw2["pool"] == "gap" and gap_kw2["fc_norm"]

@@ -17,6 +17,7 @@ from vitjax.errors import UserError
 from vitjax.models import create_model
 from vitjax.models.crossvit import CrossViT
 from vitjax.models.layers import bicubic_resize_matrix
+from oracle import count_params, max_abs_diff, randomize
 
 try:
   from torchvision_stub import import_timm
@@ -39,21 +40,14 @@ TINY = dict(image_size=24, img_scale=(1.0, 0.5), patch_sizes=(3, 3), embed_dims=
             num_heads=(2, 2), mlp_ratios=(2.0, 2.0), num_blocks=1, branch_depths=(1, 2),
             num_classes=5)
 
-
-def n_params(tree):
-  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(tree))
-
-
-def count(name):
-  m = create_model(name)
-  shapes = jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x),
-                          jax.ShapeDtypeStruct((1, 240, 240, 3), jnp.float32))
-  return n_params(shapes["params"])
+# How `randomize` re-draws the reference: LayerNorm scales ~ 1 + N(0, 0.1), heads ~
+# N(0, 0.5), everything else (biases, convs, tokens, position embeddings) ~ N(0, 0.05).
+STYLE = dict(wide=("head",))
 
 
 @pytest.mark.parametrize("name", sorted(TIMM_COUNTS))
 def test_param_counts_match_timm_and_paper(name):
-  got = count(name)
+  got = count_params(name, 240)
   assert got == TIMM_COUNTS[name], (name, got)
   assert abs(got / 1e6 - PUBLISHED[name]) / PUBLISHED[name] < 0.01, (name, got)
 
@@ -125,22 +119,6 @@ def timm(torch):
   return import_timm()
 
 
-def randomize(torch, model, seed=0):
-  """LayerNorm scales ~ 1 + N(0, 0.1), heads ~ N(0, 0.5), everything else
-  (biases, convs, tokens, position embeddings) ~ N(0, 0.05)."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    ln = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
-    for name, p in model.named_parameters():
-      if id(p) in ln:
-        p.normal_(1.0, 0.1)
-      elif name.startswith("head"):
-        p.normal_(0.0, 0.5)
-      else:
-        p.normal_(0.0, 0.05)
-  return model.eval()
-
-
 @pytest.mark.parametrize("name,kw,heads", [
     ("crossvit_tiny_240", dict(embed_dim=[16, 32], depth=[[1, 2, 0], [1, 2, 0]],
                                num_heads=[2, 4], mlp_ratio=[2, 3, 1], num_classes=7), (2, 4)),
@@ -148,9 +126,10 @@ def randomize(torch, model, seed=0):
                                    num_classes=7), 2),
 ])
 def test_timm_parity(torch, timm, name, kw, heads):
-  ref = randomize(torch, timm.create_model(name, **kw))
+  ref = randomize(timm.create_model(name, **kw), **STYLE)
   sd = {k: v.numpy() for k, v in ref.state_dict().items()}
-  params, kwargs = timm_crossvit_to_vitjax(sd, num_heads=heads)
+  cv = timm_crossvit_to_vitjax(sd, num_heads=heads)
+  params, kwargs = cv.params, cv.model_kwargs
   assert kwargs["multi_conv"] == ("dagger" in name)
   x = torch.randn(2, 3, 240, 240, generator=torch.Generator().manual_seed(1))
   with torch.no_grad():
@@ -158,7 +137,7 @@ def test_timm_parity(torch, timm, name, kw, heads):
   m = CrossViT(**kwargs)
   got = jax.jit(lambda p, x: m.apply({"params": p}, x)[0])(
       params, np.transpose(x.numpy(), (0, 2, 3, 1)))
-  diff = float(np.max(np.abs(np.asarray(got) - want)))
+  diff = max_abs_diff(want, got)
   print(f"\n{name} (shrunk): max |logits diff| {diff:.2e}, |ref| max {np.abs(want).max():.2f}")
   assert diff <= TOL, diff
 
@@ -167,7 +146,7 @@ def test_timm_named_config_count(torch, timm):
   """The full crossvit_9_dagger_240 as timm builds it (meta device: no memory)."""
   with torch.device("meta"):
     ref = timm.create_model("crossvit_9_dagger_240")
-  assert sum(p.numel() for p in ref.parameters()) == count("crossvit_9_dagger_240")
+  assert sum(p.numel() for p in ref.parameters()) == count_params("crossvit_9_dagger_240", 240)
 
 
 def test_converter_errors():

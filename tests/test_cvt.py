@@ -14,17 +14,19 @@ from vitjax.convert.cvt import hf_cvt_to_vitjax
 from vitjax.errors import UserError
 from vitjax.models import create_model
 from vitjax.models.cvt import ConvolutionalVisionTransformer
+from oracle import max_abs_diff, n_params, randomize
 
 TOL = 1e-4
 TINY = dict(embed_dims=(8, 16), depths=(1, 2), num_heads=(1, 2), patch_sizes=(7, 3),
             patch_strides=(4, 2), patch_paddings=(2, 1), mlp_ratio=2.0, num_classes=3)
 
 
-def n_params(tree):
-  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(tree))
-
-
 PUBLISHED = {"cvt_13": 20.0, "cvt_21": 31.6, "cvt_w24": 277.3}
+
+# How `randomize` re-draws the reference: LayerNorm / BatchNorm scales ~ 1 + N(0, 0.1),
+# the head ~ N(0, 0.5), everything else ~ N(0, 0.05); BatchNorm running means ~
+# N(0, 0.1) and variances ~ U(0.5, 1.5).
+STYLE = dict(norms=("LayerNorm", "BatchNorm2d"), wide=("classifier",), bn_mean_std=0.1)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
@@ -63,41 +65,20 @@ def test_outputs_batch_stats_and_bad_size():
 # ---------------------------------------------------------------------------
 # Parity with HF transformers.
 
-def randomize(torch, model, seed=0):
-  """LayerNorm / BatchNorm scales ~ 1 + N(0, 0.1), the head ~ N(0, 0.5),
-  everything else ~ N(0, 0.05); BatchNorm running means ~ N(0, 0.1) and
-  variances ~ U(0.5, 1.5)."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    norms = (torch.nn.LayerNorm, torch.nn.BatchNorm2d)
-    scales = {id(m.weight) for m in model.modules() if isinstance(m, norms)}
-    for name, p in model.named_parameters():
-      if id(p) in scales:
-        p.normal_(1.0, 0.1)
-      elif name.startswith("classifier"):
-        p.normal_(0.0, 0.5)
-      else:
-        p.normal_(0.0, 0.05)
-    for m in model.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.normal_(0.0, 0.1)
-        m.running_var.uniform_(0.5, 1.5)
-  return model.eval()
-
-
 def test_hf_cvt_parity(torch, transformers):
   # HF indexes its drop-path list by stage, so depth[i] must exceed i.
   cfg = transformers.CvtConfig(num_labels=5, embed_dim=[8, 16, 24], num_heads=[1, 2, 3],
                                depth=[1, 2, 3], mlp_ratio=[2.0, 2.0, 2.0])
-  ref = randomize(torch, transformers.CvtForImageClassification(cfg))
+  ref = randomize(transformers.CvtForImageClassification(cfg), **STYLE)
   x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
   with torch.no_grad():
     want = ref(pixel_values=x).logits.numpy()
-  variables, kw = hf_cvt_to_vitjax(ref.state_dict(), cfg)
+  cv = hf_cvt_to_vitjax(ref.state_dict(), cfg)
+  variables, kw = cv.variables, cv.model_kwargs
   assert kw["depths"] == (1, 2, 3) and kw["num_heads"] == (1, 2, 3)
   got, _ = jax.jit(ConvolutionalVisionTransformer(**kw).apply)(
       variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
-  diff = float(np.abs(np.asarray(got) - want).max())
+  diff = max_abs_diff(want, got)
   assert diff <= TOL, diff
 
 

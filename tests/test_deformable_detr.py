@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vitjax.models.layers.deformable_attention import ms_deform_attn_core
+from oracle import redraw
 
 SHAPES = ((7, 5), (4, 3), (2, 1))  # odd sizes, three levels
 
@@ -51,19 +52,8 @@ def test_ms_deform_attn_corner_reads_pixel():
   np.testing.assert_allclose(np.asarray(out)[0, :, 0], [1.0, 0.0], atol=1e-6)
 
 
-def _redraw(torch, model, seed):
-  """Every parameter and buffer (incl. the frozen BatchNorm statistics) re-drawn."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-      if not t.is_floating_point():
-        continue
-      if name.endswith("running_var"):
-        t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-      elif name.endswith(("norm.weight", "normalization.weight", ".1.weight")) and t.ndim == 1:
-        t.copy_(1.0 + 0.2 * torch.randn(t.shape, generator=g))
-      else:
-        t.copy_(0.2 * torch.randn(t.shape, generator=g))
+def _is_norm(name):
+  return name.endswith(("norm.weight", "normalization.weight", ".1.weight"))
 
 
 def _hf_model(torch, transformers, seed, **kw):
@@ -75,7 +65,7 @@ def _hf_model(torch, transformers, seed, **kw):
       encoder_layers=1, decoder_layers=2, encoder_ffn_dim=24, decoder_ffn_dim=24,
       encoder_attention_heads=2, decoder_attention_heads=2, num_labels=3, **kw)
   model = transformers.DeformableDetrForObjectDetection(cfg).eval()
-  _redraw(torch, model, seed)
+  redraw(model, seed, is_norm=_is_norm)
   return model, cfg
 
 
@@ -91,7 +81,8 @@ def test_matches_hf_deformable_detr(torch, transformers, variant, size):
   x = np.random.default_rng(0).normal(size=(2, 3) + size).astype(np.float32)
   with torch.no_grad():
     ref = model(pixel_values=torch.tensor(x))
-  variables, kwargs = hf_deformable_detr_to_vitjax(model.state_dict(), config=cfg)
+  cv = hf_deformable_detr_to_vitjax(model.state_dict(), config=cfg)
+  variables, kwargs = cv.variables, cv.model_kwargs
   assert kwargs["with_box_refine"] == variant.get("with_box_refine", False)
   assert kwargs["two_stage"] == variant.get("two_stage", False)
   logits, out = jax.jit(DeformableDETR(**kwargs).apply)(

@@ -9,12 +9,7 @@ import pytest
 
 from vitjax.errors import UserError
 from vitjax.models import create_model
-
-
-def _n_params(name, **kw):
-  model = create_model(name, **kw)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
-  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes["params"]))
+from oracle import count_params, redraw
 
 
 @pytest.mark.parametrize("name,paper,exact", [("detr_resnet50", 41e6, 41_524_768),
@@ -25,27 +20,13 @@ def test_param_counts(name, paper, exact):
   # once with num_parameters(), where the frozen BatchNorm affine terms are
   # buffers): vitjax's params less the backbone BN affine terms equal them.
   # vs the paper's rounded figures: within 1.5% (41.58M incl. BN affine).
-  n = _n_params(name)
+  n = count_params(name, 64)
   model = create_model(name)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
   flat = jax.tree_util.tree_flatten_with_path(shapes["params"]["backbone"])[0]
   bn = sum(int(np.prod(x.shape)) for p, x in flat if "bn" in str(getattr(p[-2], "key", "")))
   assert n - bn == exact, (n, bn)
   assert abs(n - paper) / paper < 0.015, n
-
-
-def _redraw(torch, model, seed):
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, t in model.state_dict().items():
-      if not t.is_floating_point():
-        continue
-      if name.endswith("running_var"):
-        t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-      elif name.endswith("weight") and t.ndim == 1:
-        t.copy_(1.0 + 0.2 * torch.randn(t.shape, generator=g))
-      else:
-        t.copy_(0.2 * torch.randn(t.shape, generator=g))
 
 
 def test_matches_hf_detr(torch, transformers):
@@ -59,7 +40,7 @@ def test_matches_hf_detr(torch, transformers):
       decoder_layers=3, encoder_ffn_dim=24, decoder_ffn_dim=24, encoder_attention_heads=2,
       decoder_attention_heads=2, num_labels=3, num_queries=5, auxiliary_loss=False)
   ref = transformers.DetrForObjectDetection(cfg).eval()
-  _redraw(torch, ref, 0)
+  redraw(ref, 0, is_norm=lambda name: True, tensors="state_dict")
   x = np.random.default_rng(0).normal(size=(2, 3, 72, 56)).astype(np.float32)
   with torch.no_grad():
     want = ref(pixel_values=torch.tensor(x), output_hidden_states=True)
@@ -68,7 +49,8 @@ def test_matches_hf_detr(torch, transformers):
     hs = [ref.model.decoder.layernorm(h) for h in want.decoder_hidden_states[1:-1]]
     aux = [(ref.class_labels_classifier(h).numpy(), ref.bbox_predictor(h).sigmoid().numpy())
            for h in hs]
-  variables, kwargs = hf_detr_to_vitjax(ref.state_dict(), config=cfg)
+  cv = hf_detr_to_vitjax(ref.state_dict(), config=cfg)
+  variables, kwargs = cv.variables, cv.model_kwargs
   assert kwargs["num_classes"] == 3 and kwargs["decoder_layers"] == 3
   logits, out = jax.jit(DETR(**kwargs).apply)(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
   dl = float(np.abs(np.asarray(logits) - want.logits.numpy()).max())

@@ -21,14 +21,11 @@ from vitjax.models.layers.focal_attention import (FocalAttention,
                                                   cross_relative_position_index,
                                                   fine_key_indices,
                                                   pooled_key_indices)
+from oracle import n_params
 
 TINY = dict(patch_size=2, embed_dim=16, depths=(1, 1, 1), num_heads=(1, 2, 4), window_size=4,
             focal_levels=(3, 3, 2), focal_windows=(3, 3, 1), expand_sizes=(1, 1, 1),
             num_classes=3)
-
-
-def n_params(tree):
-  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(tree))
 
 
 def random_variables(module, x, seed=0, scale=0.02):

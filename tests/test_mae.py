@@ -69,7 +69,8 @@ def test_matches_hf(hf_mae, torch, norm_pix_loss):
   x, noise, xt, noise_t = _inputs(torch)
   with torch.no_grad():
     ref = model(pixel_values=xt, noise=noise_t)
-  params, kw = hf_mae_to_vitjax(sd, cfg)
+  cv = hf_mae_to_vitjax(sd, cfg)
+  params, kw = cv.params, cv.model_kwargs
   assert kw["norm_pix_loss"] == norm_pix_loss and kw["decoder_num_heads"] == 3
   mae = MaskedAutoencoder(**kw)
   pred, out = jax.jit(lambda p, x, n: mae.apply({"params": p}, x, noise=n))(params, x, noise)
@@ -95,7 +96,8 @@ def test_encoder_is_a_vit(hf_mae, torch):
   finally:
     cfg.mask_ratio = 0.75
   ref = ref.last_hidden_state.numpy()
-  params, kw = hf_mae_to_vitjax(sd, cfg)
+  cv = hf_mae_to_vitjax(sd, cfg)
+  params, kw = cv.params, cv.model_kwargs
   _, out = jax.jit(MaskedAutoencoder(**kw).apply)({"params": params}, x)  # no rng: no masking
   np.testing.assert_allclose(out["encoded"], ref, atol=1e-4, rtol=0)
 
@@ -121,7 +123,8 @@ def test_encoder_is_a_vit(hf_mae, torch):
 
 def test_masking_from_rng_and_fixed_posemb(hf_mae):
   _, cfg, sd = hf_mae
-  params, kw = hf_mae_to_vitjax(sd, cfg)
+  cv = hf_mae_to_vitjax(sd, cfg)
+  params, kw = cv.params, cv.model_kwargs
   mae = MaskedAutoencoder(**kw)
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, SIZE, SIZE, 3)), jnp.float32)
 

@@ -8,12 +8,7 @@ import pytest
 from vitjax.errors import UserError
 from vitjax.models import create_model, list_models
 from vitjax.models.layers import DropPath, resample_posemb, sincos_posemb_2d
-
-
-def n_params(model, size=224):
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                             jnp.zeros((1, size, size, 3))))
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+from oracle import count_params
 
 
 # Exact counts with 1000 classes (vision_transformer / timm).
@@ -27,7 +22,7 @@ def n_params(model, size=224):
     ("deit_base_distilled_patch16_224", 87_338_192),
 ])
 def test_param_counts(name, count):
-  assert n_params(create_model(name)) == count
+  assert count_params(create_model(name)) == count
 
 
 def test_registry_lists_all_sizes_and_patches():

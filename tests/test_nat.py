@@ -19,6 +19,7 @@ from vitjax.models import create_model
 from vitjax.models.layers.neighborhood_attention import (neighborhood_attention,
                                                          neighborhood_indices)
 from vitjax.models.nat import NAT
+from oracle import max_abs_diff
 
 TOL = 1e-5
 CASES = [(9, 11, 3, 1), (9, 11, 3, 3), (11, 13, 5, 2), (9, 11, 7, 1),
@@ -315,10 +316,11 @@ def test_hf_dinat_parity(torch, transformers, monkeypatch):
   x = torch.randn(2, 3, 40, 36, generator=torch.Generator().manual_seed(1))  # maps 10x9, 5x5
   with torch.no_grad():
     want = ref(pixel_values=x).logits.numpy()
-  variables, kw = hf_dinat_to_vitjax(ref.state_dict(), cfg)
+  cv = hf_dinat_to_vitjax(ref.state_dict(), cfg)
+  variables, kw = cv.variables, cv.model_kwargs
   assert kw["dilations"] == ((1, 3), (1, 1)) and kw["kernel_size"] == 3 and kw["layer_scale"]
   got, _ = jax.jit(NAT(**kw).apply)(variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
-  diff = float(np.abs(np.asarray(got) - want).max())
+  diff = max_abs_diff(want, got)
   print(f"HF DiNAT parity: max abs logit diff {diff:.2e}")
   assert diff <= 1e-4, diff
   with pytest.raises(UserError, match="Not a HF DiNAT state dict"):

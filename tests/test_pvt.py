@@ -12,34 +12,26 @@ import pytest
 
 from vitjax.convert.pvt import hf_pvt_to_vitjax, hf_pvt_v2_to_vitjax
 from vitjax.errors import UserError
-from vitjax.models import create_model
 from vitjax.models.pvt import (PyramidVisionTransformer, PyramidVisionTransformerV2,
                                adaptive_avg_pool_matrix)
+from oracle import count_params, max_abs_diff, randomize
 
 TOL = 1e-4
 TINY_V2 = dict(embed_dims=(8, 16), depths=(1, 2), num_heads=(1, 2), mlp_ratios=(2, 2),
                sr_ratios=(2, 1), patch_sizes=(7, 3), strides=(4, 2), num_classes=3)
 
-
-def n_params(tree):
-  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(tree))
-
-
-def count(name, size=224):
-  m = create_model(name)
-  shapes = jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x),
-                          jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-  return n_params(shapes["params"]) / 1e6
-
-
 PUBLISHED = {"pvt_v2_b0": 3.7, "pvt_v2_b1": 14.0, "pvt_v2_b2": 25.4, "pvt_v2_b2_li": 22.6,
              "pvt_v2_b3": 45.2, "pvt_v2_b4": 62.6, "pvt_v2_b5": 82.0,
              "pvt_tiny": 13.2, "pvt_small": 24.5, "pvt_medium": 44.2, "pvt_large": 61.4}
+# How `randomize` re-draws the references: LayerNorm scales ~ 1 + N(0, 0.1), the
+# head ~ N(0, 0.5), everything else (biases, convs, BatchNorm affine) ~ N(0, 0.05);
+# BatchNorm running means ~ N(0, 0.1), running variances ~ U(0.5, 1.5).
+STYLE = dict(wide=("classifier",), bn_mean_std=0.1)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_param_counts_match_papers(name):
-  got, want = count(name), PUBLISHED[name]
+  got, want = count_params(name) / 1e6, PUBLISHED[name]
   assert abs(got - want) / want < 0.01, (name, got, want)
 
 
@@ -102,37 +94,17 @@ def test_v2_bad_sizes_are_user_errors():
 # ---------------------------------------------------------------------------
 # Parity with HF transformers.
 
-def randomize(torch, model, seed=0):
-  """LayerNorm scales ~ 1 + N(0, 0.1), the head ~ N(0, 0.5), everything else
-  (biases, convs, BatchNorm affine) ~ N(0, 0.05); BatchNorm running means ~
-  N(0, 0.1), running variances ~ U(0.5, 1.5)."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    ln = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
-    for name, p in model.named_parameters():
-      if id(p) in ln:
-        p.normal_(1.0, 0.1)
-      elif name.startswith("classifier"):
-        p.normal_(0.0, 0.5)
-      else:
-        p.normal_(0.0, 0.05)
-    for m in model.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.normal_(0.0, 0.1)
-        m.running_var.uniform_(0.5, 1.5)
-  return model.eval()
-
-
 def _parity_v2(torch, transformers, image, **cfg_kw):
   cfg = transformers.PvtV2Config(num_labels=5, **cfg_kw)
-  ref = randomize(torch, transformers.PvtV2ForImageClassification(cfg))
+  ref = randomize(transformers.PvtV2ForImageClassification(cfg), **STYLE)
   x = torch.randn(2, 3, image, image, generator=torch.Generator().manual_seed(1))
   with torch.no_grad():
     want = ref(pixel_values=x).logits.numpy()
-  params, kw = hf_pvt_v2_to_vitjax(ref.state_dict(), cfg)
+  cv = hf_pvt_v2_to_vitjax(ref.state_dict(), cfg)
+  params, kw = cv.params, cv.model_kwargs
   m = PyramidVisionTransformerV2(**kw)
   got, _ = jax.jit(m.apply)({"params": params}, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
-  diff = float(np.abs(np.asarray(got) - want).max())
+  diff = max_abs_diff(want, got)
   assert diff <= TOL, diff
   return diff
 
@@ -154,15 +126,16 @@ def test_hf_pvt_v1_parity(torch, transformers):
   cfg = transformers.PvtConfig(num_labels=5, image_size=64, hidden_sizes=[8, 16, 24, 32],
                                depths=[1, 2, 1, 1], num_attention_heads=[1, 2, 3, 4],
                                mlp_ratios=[2, 2, 2, 2])
-  ref = randomize(torch, transformers.PvtForImageClassification(cfg))
+  ref = randomize(transformers.PvtForImageClassification(cfg), **STYLE)
   x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
   with torch.no_grad():
     want = ref(pixel_values=x).logits.numpy()
-  params, kw = hf_pvt_to_vitjax(ref.state_dict(), cfg)
+  cv = hf_pvt_to_vitjax(ref.state_dict(), cfg)
+  params, kw = cv.params, cv.model_kwargs
   assert kw["sr_ratios"] == (8, 4, 2, 1) and kw["depths"] == (1, 2, 1, 1)
   got, _ = jax.jit(PyramidVisionTransformer(**kw).apply)(
       {"params": params}, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
-  diff = float(np.abs(np.asarray(got) - want).max())
+  diff = max_abs_diff(want, got)
   assert diff <= TOL, diff
 
 

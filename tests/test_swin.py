@@ -23,15 +23,12 @@ from vitjax.models.layers import (relative_position_index,
                                   shifted_window_mask, window_partition,
                                   window_reverse)
 from vitjax.models.swin import SwinTransformer, nearest_valid_sizes
+from oracle import max_abs_diff, n_params, randomize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4
 TINY = dict(patch_size=2, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4,
             num_classes=3)
-
-
-def n_params(tree):
-  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(tree))
 
 
 # ---------------------------------------------------------------------------
@@ -141,7 +138,6 @@ def test_v2_runs_at_another_window_size():
   assert np.isfinite(b).all() and not np.allclose(a, b)
 
 
-
 def test_fine_tune_to_another_window_resamples_bias_tables():
   """init_from a window-4 checkpoint into a window-8 model (and 32 -> 64 px):
   every v1 bias table is resampled from 7x7 to 15x15, the rest copied."""
@@ -166,25 +162,21 @@ def test_fine_tune_to_another_window_resamples_bias_tables():
 # ---------------------------------------------------------------------------
 # HF parity.
 
-def randomize(torch, model, seed=0):
-  """LayerNorm scales ~ 1 + N(0, 0.1); bias tables, CPB MLPs and the head
-  ~ N(0, 0.5); v2 logit scales ~ log(10) + N(0, 0.5), one set to 5 (above
-  the log(100) clamp); everything else ~ N(0, 0.05)."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    ln = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
-    for name, p in model.named_parameters():
-      if id(p) in ln:
-        p.normal_(1.0, 0.1)
-      elif name.endswith("logit_scale"):
-        p.normal_(math.log(10.0), 0.5)
-        p.view(-1)[0] = 5.0  # above log(100): checks the clamp
-      elif ("relative_position_bias_table" in name or "continuous_position_bias" in name
-            or name.startswith("classifier")):
-        p.normal_(0.0, 0.5)
-      else:
-        p.normal_(0.0, 0.05)
-  return model.eval()
+def _logit_scale(name, p):
+  """v2 logit scales ~ log(10) + N(0, 0.5), one set to 5 (above the log(100) clamp)."""
+  if not name.endswith("logit_scale"):
+    return False
+  p.normal_(math.log(10.0), 0.5)
+  p.view(-1)[0] = 5.0  # above log(100): checks the clamp
+  return True
+
+
+# How `randomize` re-draws the references: LayerNorm scales ~ 1 + N(0, 0.1); v2
+# logit scales as above; bias tables, CPB MLPs and the head ~ N(0, 0.5);
+# everything else ~ N(0, 0.05).
+STYLE = dict(custom=_logit_scale, wide=lambda name: (
+    "relative_position_bias_table" in name or "continuous_position_bias" in name
+    or name.startswith("classifier")))
 
 
 def _parity(torch, transformers, v2, image, **cfg_kw):
@@ -192,8 +184,9 @@ def _parity(torch, transformers, v2, image, **cfg_kw):
   Model = (transformers.Swinv2ForImageClassification if v2 else
            transformers.SwinForImageClassification)
   cfg = Config(image_size=image, num_labels=5, drop_path_rate=0.0, **cfg_kw)
-  ref = randomize(torch, Model(cfg))
-  params, kw = hf_swin_to_vitjax(ref.state_dict(), cfg)
+  ref = randomize(Model(cfg), **STYLE)
+  cv = hf_swin_to_vitjax(ref.state_dict(), cfg)
+  params, kw = cv.params, cv.model_kwargs
   assert kw["version"] == (2 if v2 else 1) and kw["num_heads"] == tuple(cfg_kw["num_heads"])
   x = torch.randn(2, 3, image, image, generator=torch.Generator().manual_seed(1))
   with torch.no_grad():
@@ -201,7 +194,7 @@ def _parity(torch, transformers, v2, image, **cfg_kw):
   model = SwinTransformer(**kw)
   got, _ = jax.jit(lambda p, x: model.apply({"params": p}, x))(
       params, np.transpose(x.numpy(), (0, 2, 3, 1)))
-  diff = float(np.max(np.abs(want - np.asarray(got))))
+  diff = max_abs_diff(want, got)
   print(f"\nSwin{'v2' if v2 else ''} {cfg_kw} image {image}: max |diff| {diff:.2e} "
         f"(|ref| max {np.abs(want).max():.2f})")
   assert np.std(want) > 0.1
@@ -232,10 +225,11 @@ def test_hf_swin_legacy_names_and_window_change(torch, transformers):
          .replace("attention.relative_position_bias.", "attention.self.")
          .replace("mlp.fc1", "intermediate.dense").replace("mlp.fc2", "output.dense"))
     legacy[k] = v
-  p2, _ = hf_swin_to_vitjax(legacy, window_size=4)
+  p2 = hf_swin_to_vitjax(legacy, window_size=4).params
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, p2)
   # Fine-tune at window 8 on 64px: tables resampled to 15x15 (stage 1: 16->8 map).
-  p3, kw3 = hf_swin_to_vitjax(ref.state_dict(), window_size=8, image_size=64)
+  cv = hf_swin_to_vitjax(ref.state_dict(), window_size=8, image_size=64)
+  p3, kw3 = cv.params, cv.model_kwargs
   t = p3["stage_0_block_0"]["attn"]["relative_position_bias_table"]
   assert t.shape == (225, 2)
   logits, _ = SwinTransformer(**kw3).apply({"params": p3}, jnp.zeros((1, 64, 64, 3)))

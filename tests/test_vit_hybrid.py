@@ -18,6 +18,7 @@ from vitjax.convert.vit_hybrid import timm_vit_hybrid_to_vitjax
 from vitjax.errors import UserError
 from vitjax.models import create_model
 from vitjax.models.vit_hybrid import HybridVisionTransformer
+from oracle import count_params, max_abs_diff, randomize
 
 try:
   from torchvision_stub import import_timm
@@ -33,17 +34,15 @@ PUBLISHED = {"vit_small_r26_s32_224": 36.4, "vit_small_r26_s32_384": 36.5,
 TINY = dict(image_size=32, stage_depths=(1, 1), stem_width=32, hidden_size=32, depth=1,
             num_heads=2, mlp_dim=64, num_classes=5, head_zero_init=False)
 
-
-def n_params(tree):
-  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(tree))
+# How `randomize` re-draws the reference: norm scales (LayerNorm, GroupNorm) ~
+# 1 + N(0, 0.1), the head ~ N(0, 0.5), everything else (convs, biases, tokens,
+# positions) ~ N(0, 0.05).
+STYLE = dict(norms=("LayerNorm", "GroupNorm"), wide=("head",))
 
 
 def count(name):
   m = create_model(name)
-  size = m.image_size
-  shapes = jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x),
-                          jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-  return n_params(shapes["params"])
+  return count_params(m, m.image_size)
 
 
 @pytest.mark.parametrize("name", sorted(TIMM_COUNTS))
@@ -106,31 +105,15 @@ def timm(torch):
   return import_timm()
 
 
-def randomize(torch, model, seed=0):
-  """Norm scales (LayerNorm, GroupNorm) ~ 1 + N(0, 0.1), the head ~ N(0, 0.5),
-  everything else (convs, biases, tokens, positions) ~ N(0, 0.05)."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    norms = {id(m.weight) for m in model.modules()
-             if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm))}
-    for name, p in model.named_parameters():
-      if id(p) in norms:
-        p.normal_(1.0, 0.1)
-      elif name.startswith("head"):
-        p.normal_(0.0, 0.5)
-      else:
-        p.normal_(0.0, 0.05)
-  return model.eval()
-
-
 @pytest.mark.parametrize("name,size,heads", [
     ("vit_small_r26_s32_224", 64, 2), ("vit_base_r50_s16_224", 48, 4)])
 def test_timm_parity(torch, timm, name, size, heads):
   # The real backbone of each (R26: 2-2-2-2, R50: 3-4-9), a shrunk ViT.
-  ref = randomize(torch, timm.create_model(name, img_size=size, embed_dim=32, depth=2,
-                                           num_heads=heads, num_classes=7))
+  ref = randomize(timm.create_model(name, img_size=size, embed_dim=32, depth=2,
+                                    num_heads=heads, num_classes=7), **STYLE)
   sd = {k: v.numpy() for k, v in ref.state_dict().items()}
-  params, kwargs = timm_vit_hybrid_to_vitjax(sd, num_heads=heads)
+  cv = timm_vit_hybrid_to_vitjax(sd, num_heads=heads)
+  params, kwargs = cv.params, cv.model_kwargs
   assert kwargs["image_size"] == size
   assert kwargs["stage_depths"] == ((2, 2, 2, 2) if "r26" in name else (3, 4, 9))
   x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
@@ -139,7 +122,7 @@ def test_timm_parity(torch, timm, name, size, heads):
   m = HybridVisionTransformer(**kwargs)
   got = jax.jit(lambda p, x: m.apply({"params": p}, x)[0])(
       params, np.transpose(x.numpy(), (0, 2, 3, 1)))
-  diff = float(np.max(np.abs(np.asarray(got) - want)))
+  diff = max_abs_diff(want, got)
   print(f"\n{name} (ViT shrunk, {size} px): max |logits diff| {diff:.2e}, "
         f"|ref| max {np.abs(want).max():.2f}")
   assert diff <= TOL, diff

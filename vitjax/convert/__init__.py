@@ -1,7 +1,12 @@
 """Pretrained weights from PyTorch ecosystems (Hugging Face, timm) <-> vitjax.
 
-`load_pretrained(path_or_state_dict, source='hf'|'timm', **kw)` is the one
-entry point (the trainer's `config.init_from` uses it); it returns
+Every family's converter registers itself (vitjax.convert.registry):
+`get_converter(family, source)` finds it, `list_converters()` lists them, and
+each returns a `Converted` (variables, registered model name, model kwargs).
+`convert_checkpoint(path, family, source)` reads a checkpoint and runs one.
+
+`load_pretrained(path_or_state_dict, source='hf'|'timm', **kw)` is the ViT /
+DeiT / MAE-encoder entry point of the trainer's `config.init_from`; it returns
 `(params, model_kwargs)` for `VisionTransformer(**model_kwargs)`. Only
 safetensors files are read (never pickles); see `common.load_state_dict`.
 """
@@ -10,12 +15,43 @@ import os
 from typing import Any, Dict, Tuple
 
 from vitjax.convert.common import load_state_dict
+from vitjax.convert.registry import (Converted, ConverterInfo, get_converter,
+                                     list_converters, register_converter)
 from vitjax.convert.vit import (check_params, hf_vit_config, hf_vit_to_vitjax,
                                 native_image_size, timm_vit_to_vitjax,
                                 vitjax_to_hf_vit, vitjax_to_timm_vit)
 from vitjax.errors import UserError
 
 SOURCES = ("hf", "timm")
+
+
+def _hf_config_path(path_or_state_dict):
+  """The config.json next to a Hugging Face snapshot folder's weights, or None."""
+  if isinstance(path_or_state_dict, (str, os.PathLike)):
+    path = os.path.join(os.fspath(path_or_state_dict), "config.json")
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+def convert_checkpoint(path_or_state_dict, family: str, source: str = "hf", *,
+                       config=None, **overrides) -> Converted:
+  """Reads a checkpoint and converts it with the registered (family, source) converter.
+
+  path_or_state_dict: as for `load_pretrained`. config: HF only (read from a
+  snapshot folder's config.json when not given). overrides: the converter's
+  keyword arguments (see its module).
+  """
+  if source not in SOURCES:
+    raise UserError(f"Unknown weight source {source!r}; use one of {', '.join(SOURCES)}.")
+  convert = get_converter(family, source)
+  if source == "timm":
+    if config is not None:
+      raise UserError("config= is for source='hf'; timm converters take their "
+                      "settings as keyword arguments.")
+    return convert(load_state_dict(path_or_state_dict), **overrides)
+  config = config if config is not None else _hf_config_path(path_or_state_dict)
+  return convert(load_state_dict(path_or_state_dict), config, **overrides)
 
 
 def load_pretrained(path_or_state_dict, source: str = "hf", *, config=None,
@@ -38,27 +74,28 @@ def load_pretrained(path_or_state_dict, source: str = "hf", *, config=None,
   """
   if source not in SOURCES:
     raise UserError(f"Unknown weight source {source!r}; use one of {', '.join(SOURCES)}.")
-  if (source == "hf" and config is None and isinstance(path_or_state_dict, (str, os.PathLike))
-      and os.path.isfile(os.path.join(os.fspath(path_or_state_dict), "config.json"))):
-    config = os.path.join(os.fspath(path_or_state_dict), "config.json")
+  if source == "hf" and config is None:
+    config = _hf_config_path(path_or_state_dict)
   state_dict = load_state_dict(path_or_state_dict)
   if source == "hf":
     from vitjax.convert import mae  # pylint: disable=g-import-not-at-top
     if mae.is_hf_mae(state_dict):  # an MAE: its encoder is a ViT, the decoder is dropped
       state_dict = mae.hf_mae_encoder_state_dict(state_dict)
-    params, model_kwargs = hf_vit_to_vitjax(state_dict, config, **kwargs)
+    out = hf_vit_to_vitjax(state_dict, config, **kwargs)
   else:
     if config is not None:
       raise UserError("config= is for source='hf'; timm state dicts take "
                       "num_heads=... (and other overrides) as keyword arguments.")
-    params, model_kwargs = timm_vit_to_vitjax(state_dict, **kwargs)
+    out = timm_vit_to_vitjax(state_dict, **kwargs)
+  params, model_kwargs = out.params, out.model_kwargs
   if validate:
     check_params(params, model_kwargs)
   return params, model_kwargs
 
 
 __all__ = [
-    "SOURCES", "check_params", "hf_vit_config", "hf_vit_to_vitjax",
-    "load_pretrained", "load_state_dict", "native_image_size",
+    "SOURCES", "Converted", "ConverterInfo", "check_params", "convert_checkpoint",
+    "get_converter", "hf_vit_config", "hf_vit_to_vitjax", "list_converters",
+    "load_pretrained", "load_state_dict", "native_image_size", "register_converter",
     "timm_vit_to_vitjax", "vitjax_to_hf_vit", "vitjax_to_timm_vit",
 ]

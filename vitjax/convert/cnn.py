@@ -5,10 +5,11 @@ State dicts of `ResNetForImageClassification` / `ResNetModel`,
 `EfficientNetForImageClassification` / `EfficientNetModel` become flax
 variables for the vitjax model of the same family.
 
-Every importer returns `(variables, model_kwargs)`: `variables` is
+Every importer returns a `Converted` (vitjax.convert.registry): `variables` is
 {'params': ..., 'batch_stats': ...} (nested dicts of numpy arrays; no
 'batch_stats' for ConvNeXt, which has no BatchNorm), to be used as
-`Model(**model_kwargs).apply(variables, x)` with x NHWC. `model_kwargs` holds
+`create_model(model_name, **model_kwargs).apply(variables, x)` with x NHWC
+(the same module as `Model(**model_kwargs)`). `model_kwargs` holds
 what the checkpoint fixes (depths, widths, head size, ...) plus the caller's
 overrides, which may set any other field (drop_path_rate, dtype, ...) or a
 different `num_classes`: the head is then left out for the caller to
@@ -28,44 +29,14 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from vitjax.convert.common import (StateDict, conv_to_flax, count_indexed,
+from vitjax.convert.common import (ParamWriter, StateDict, conv_to_flax, count_indexed,
                                    find_prefix, layernorm_to_flax,
                                    linear_to_dense, load_state_dict,
-                                   read_json_config, unflatten_params)
+                                   read_json_config)
+from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.errors import UserError
 
 _NBT = (r"num_batches_tracked$",)
-
-
-class _Out:
-  """Collects flat 'a/b/c' params and batch_stats."""
-
-  def __init__(self):
-    self.params: Dict[str, np.ndarray] = {}
-    self.stats: Dict[str, np.ndarray] = {}
-
-  def put(self, name: str, tree: Mapping[str, np.ndarray]):
-    for k, v in tree.items():
-      self.params[f"{name}/{k}"] = np.asarray(v, np.float32)
-
-  def batchnorm(self, name: str, s: StateDict, prefix: str):
-    self.put(name, {"scale": s.take(prefix + ".weight"), "bias": s.take(prefix + ".bias")})
-    self.stats[f"{name}/mean"] = np.asarray(s.take(prefix + ".running_mean"), np.float32)
-    self.stats[f"{name}/var"] = np.asarray(s.take(prefix + ".running_var"), np.float32)
-    s.take(prefix + ".num_batches_tracked", optional=True)
-
-  def conv_bn(self, name: str, s: StateDict, conv: str, bn: str):
-    """A vitjax ConvBN from torch conv `conv` (no bias) and BatchNorm `bn`."""
-    w = s.take(conv + ".weight")
-    if w is not None:
-      self.put(name + "/conv", conv_to_flax(w))
-    self.batchnorm(name + "/bn", s, bn)
-
-  def variables(self, with_stats: bool = True):
-    out = {"params": unflatten_params(self.params)}
-    if with_stats:
-      out["batch_stats"] = unflatten_params(self.stats)
-    return out
 
 
 def _state(src, what: str, model_prefix: str) -> Tuple[StateDict, str]:
@@ -77,7 +48,7 @@ def _state(src, what: str, model_prefix: str) -> Tuple[StateDict, str]:
   return StateDict(sd, what), prefix
 
 
-def _head(out: _Out, s: StateDict, weight: str, bias: str) -> int:
+def _head(out: ParamWriter, s: StateDict, weight: str, bias: str) -> int:
   """The classifier, if the state dict has one; returns num_classes (0: none)."""
   if s.has(weight):
     out.put("head", linear_to_dense(s.take(weight), s.take(bias)))
@@ -85,8 +56,8 @@ def _head(out: _Out, s: StateDict, weight: str, bias: str) -> int:
   return 0
 
 
-def _finalize(out: _Out, kwargs: Dict[str, Any], overrides: Mapping[str, Any],
-              what: str, with_stats: bool = True):
+def _finalize(out: ParamWriter, kwargs: Dict[str, Any], overrides: Mapping[str, Any],
+              what: str, model_cls, with_stats: bool = True) -> Converted:
   fixed = dict(kwargs)
   for k, v in overrides.items():
     if k == "num_classes":
@@ -100,7 +71,7 @@ def _finalize(out: _Out, kwargs: Dict[str, Any], overrides: Mapping[str, Any],
                       f"({k}={fixed[k]!r}).")
     else:
       fixed[k] = v
-  return out.variables(with_stats), fixed
+  return converted(out.variables(with_stats), model_cls, fixed)
 
 
 def _check_act(cfg: Optional[Dict[str, Any]], key: str, allowed, what: str):
@@ -112,8 +83,10 @@ def _check_act(cfg: Optional[Dict[str, Any]], key: str, allowed, what: str):
 # ----------------------------------------------------------------------------
 # ResNet.
 
-def hf_resnet_to_vitjax(src, config=None, **overrides):
-  """HF ResNet(ForImageClassification|Model) -> (variables, ResNet kwargs).
+@register_converter(family="resnet", source="hf", model_types=("resnet",),
+                    architectures=("ResNetForImageClassification", "ResNetModel"))
+def hf_resnet_to_vitjax(src, config=None, **overrides) -> Converted:
+  """HF ResNet(ForImageClassification|Model) -> Converted (ResNet).
 
   Block type, depths and widths are read from the weights. From the config
   (optional) only unsupported variants are checked: downsample_in_bottleneck
@@ -129,8 +102,8 @@ def hf_resnet_to_vitjax(src, config=None, **overrides):
                       "the first block of stages 2-4).")
     _check_act(cfg, "hidden_act", ("relu",), what)
   s, prefix = _state(src, what, "embedder.embedder.convolution.weight")
-  out = _Out()
-  out.conv_bn("stem", s, prefix + "embedder.embedder.convolution",
+  out = ParamWriter(s, np.float32)
+  out.conv_bn("stem", prefix + "embedder.embedder.convolution",
               prefix + "embedder.embedder.normalization")
   stem_width = out.params["stem/conv/kernel"].shape[-1]
   if out.params["stem/conv/kernel"].shape[0] != 7:
@@ -151,10 +124,10 @@ def hf_resnet_to_vitjax(src, config=None, **overrides):
       p = f"{prefix}encoder.stages.{i}.layers.{j}."
       name = f"stage_{i}_block_{j}"
       for c in range(n_convs):
-        out.conv_bn(f"{name}/conv{c + 1}", s, p + f"layer.{c}.convolution",
+        out.conv_bn(f"{name}/conv{c + 1}", p + f"layer.{c}.convolution",
                     p + f"layer.{c}.normalization")
       if s.has(p + "shortcut.convolution.weight"):
-        out.conv_bn(f"{name}/downsample", s, p + "shortcut.convolution",
+        out.conv_bn(f"{name}/downsample", p + "shortcut.convolution",
                     p + "shortcut.normalization")
     widths.append(out.params[f"stage_{i}_block_0/conv{n_convs}/conv/kernel"].shape[-1])
   num_classes = _head(out, s, "classifier.1.weight", "classifier.1.bias")
@@ -162,14 +135,17 @@ def hf_resnet_to_vitjax(src, config=None, **overrides):
   kwargs = dict(num_classes=num_classes, block=block, stage_depths=tuple(depths),
                 stage_widths=tuple(widths), stem_width=stem_width,
                 width=widths[0] // (4 if bottleneck else 1), small_stem=False)
-  return _finalize(out, kwargs, overrides, what)
+  from vitjax.models.resnet import ResNet  # pylint: disable=g-import-not-at-top
+  return _finalize(out, kwargs, overrides, what, ResNet)
 
 
 # ----------------------------------------------------------------------------
 # ConvNeXt.
 
-def hf_convnext_to_vitjax(src, config=None, **overrides):
-  """HF ConvNext(ForImageClassification|Model) -> (variables, ConvNeXt kwargs).
+@register_converter(family="convnext", source="hf", model_types=("convnext",),
+                    architectures=("ConvNextForImageClassification", "ConvNextModel"))
+def hf_convnext_to_vitjax(src, config=None, **overrides) -> Converted:
+  """HF ConvNext(ForImageClassification|Model) -> Converted (ConvNeXt).
 
   Depths, widths, patch size and layer scale are read from the weights; the
   final LayerNorm's epsilon from the config (`layer_norm_eps`, 1e-12 for the
@@ -179,7 +155,7 @@ def hf_convnext_to_vitjax(src, config=None, **overrides):
   cfg = read_json_config(config) or {}
   _check_act(cfg, "hidden_act", ("gelu",), what)
   s, prefix = _state(src, what, "embeddings.patch_embeddings.weight")
-  out = _Out()
+  out = ParamWriter(s, np.float32)
   stem = s.take(prefix + "embeddings.patch_embeddings.weight")
   if stem.shape[2] != stem.shape[3]:
     raise UserError(f"{what}: non-square patch embedding {stem.shape[2:]}.")
@@ -209,7 +185,7 @@ def hf_convnext_to_vitjax(src, config=None, **overrides):
                                                  s.take(q + "pwconv2.bias")))
       gamma = s.take(q + "layer_scale_parameter", optional=True)
       if gamma is not None:
-        out.params[f"{name}/layer_scale"] = np.asarray(gamma, np.float32)
+        out.set(f"{name}/layer_scale", gamma)
         layer_scale = True
     s.check_missing()
     widths.append(out.params[f"stage_{i}_block_0/dwconv/kernel"].shape[-1] if n else 0)
@@ -220,14 +196,17 @@ def hf_convnext_to_vitjax(src, config=None, **overrides):
   kwargs = dict(num_classes=num_classes, depths=tuple(depths), widths=tuple(widths),
                 patch_size=int(stem.shape[2]), layer_scale_init=1e-6 if layer_scale else 0.0,
                 head_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)))
-  return _finalize(out, kwargs, overrides, what, with_stats=False)
+  from vitjax.models.convnext import ConvNeXt  # pylint: disable=g-import-not-at-top
+  return _finalize(out, kwargs, overrides, what, ConvNeXt, with_stats=False)
 
 
 # ----------------------------------------------------------------------------
 # EfficientNet.
 
-def hf_efficientnet_to_vitjax(src, config, **overrides):
-  """HF EfficientNet(ForImageClassification|Model) -> (variables, EfficientNet kwargs).
+@register_converter(family="efficientnet", source="hf", model_types=("efficientnet",),
+                    architectures=("EfficientNetForImageClassification", "EfficientNetModel"))
+def hf_efficientnet_to_vitjax(src, config, **overrides) -> Converted:
+  """HF EfficientNet(ForImageClassification|Model) -> Converted (EfficientNet).
 
   `config` is required: the stage table (strides, kernels, expand ratios,
   repeats) and the scaling coefficients cannot be read from the flat list of
@@ -254,24 +233,24 @@ def hf_efficientnet_to_vitjax(src, config, **overrides):
   from vitjax.models.efficientnet import EfficientNet  # pylint: disable=g-import-not-at-top
   ref = EfficientNet(**kwargs)
   s, prefix = _state(src, what, "embeddings.convolution.weight")
-  out = _Out()
-  out.conv_bn("stem", s, prefix + "embeddings.convolution", prefix + "embeddings.batchnorm")
+  out = ParamWriter(s, np.float32)
+  out.conv_bn("stem", prefix + "embeddings.convolution", prefix + "embeddings.batchnorm")
   k = 0
   for i, row in enumerate(blocks):
     for j in range(ref.round_repeats(row[5])):
       p, name = f"{prefix}encoder.blocks.{k}.", f"stage_{i}_block_{j}"
       if row[0] != 1:
-        out.conv_bn(f"{name}/expand", s, p + "expansion.expand_conv", p + "expansion.expand_bn")
-      out.conv_bn(f"{name}/dwconv", s, p + "depthwise_conv.depthwise_conv",
+        out.conv_bn(f"{name}/expand", p + "expansion.expand_conv", p + "expansion.expand_bn")
+      out.conv_bn(f"{name}/dwconv", p + "depthwise_conv.depthwise_conv",
                   p + "depthwise_conv.depthwise_norm")
       for part in ("reduce", "expand"):
         out.put(f"{name}/se/{part}", conv_to_flax(s.take(p + f"squeeze_excite.{part}.weight"),
                                                  s.take(p + f"squeeze_excite.{part}.bias")))
-      out.conv_bn(f"{name}/project", s, p + "projection.project_conv",
+      out.conv_bn(f"{name}/project", p + "projection.project_conv",
                   p + "projection.project_bn")
       k += 1
   s.check_missing()
-  out.conv_bn("head_conv", s, prefix + "encoder.top_conv", prefix + "encoder.top_bn")
+  out.conv_bn("head_conv", prefix + "encoder.top_conv", prefix + "encoder.top_bn")
   head_width = out.params["head_conv/conv/kernel"].shape[-1]
   if head_width != ref.round_filters(1280):
     raise UserError(f"{what}: the top conv is {head_width} wide, not round_filters(1280)="
@@ -279,4 +258,4 @@ def hf_efficientnet_to_vitjax(src, config, **overrides):
   num_classes = _head(out, s, "classifier.weight", "classifier.bias")
   s.finish(ignore=_NBT)
   kwargs["num_classes"] = num_classes
-  return _finalize(out, kwargs, overrides, what)
+  return _finalize(out, kwargs, overrides, what, EfficientNet)

@@ -5,7 +5,11 @@
   files (`.bin`, `.pt`, `.pth`, ...) are refused: unpickling runs code.
 - Layout helpers between PyTorch and Flax: `linear_to_dense` (torch Linear
   [out, in] -> flax Dense kernel [in, out]), `conv_to_flax` (OIHW -> HWIO),
-  `layernorm_to_flax`, and their inverses.
+  `layernorm_to_flax`, `batchnorm_to_flax`, and their inverses.
+- `ParamWriter`: the one writer every importer fills: flat '/'-joined names
+  -> nested `{'params', 'batch_stats'}` variables, with one method per torch
+  layer kind (linear, conv, layernorm, batchnorm). `put_torch` is the exporters'
+  counterpart (name.weight / name.bias into a torch state dict).
 - `StateDict`: a checked view of a state dict. Converters `take()` every
   tensor they use; missing names are collected and reported together, and
   `finish()` refuses tensors nobody used (they would be silently dropped:
@@ -212,7 +216,22 @@ def layernorm_to_flax(weight, bias=None) -> Dict[str, np.ndarray]:
 
 
 def layernorm_to_torch(p: Mapping[str, Any]):
+  """flax LayerNorm {scale, bias} -> (torch weight, bias or None)."""
   return np.asarray(p["scale"]), (np.asarray(p["bias"]) if "bias" in p else None)
+
+
+def batchnorm_to_flax(weight, bias, running_mean, running_var
+                      ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+  """torch BatchNorm -> (flax params {scale, bias}, batch_stats {mean, var})."""
+  return ({"scale": np.asarray(weight), "bias": np.asarray(bias)},
+          {"mean": np.asarray(running_mean), "var": np.asarray(running_var)})
+
+
+def put_torch(out: Dict[str, Any], name: str, weight, bias=None):
+  """Sets `name.weight` (and `name.bias` unless None) of a torch state dict being built."""
+  out[name + ".weight"] = weight
+  if bias is not None:
+    out[name + ".bias"] = bias
 
 
 # ----------------------------------------------------------------------------
@@ -345,3 +364,94 @@ def read_json_config(config) -> Optional[Dict[str, Any]]:
       raise UserError(f"Cannot read the model config {path}: {e}") from e
   raise UserError(f"Unsupported config type {type(config).__name__}: pass a dict "
                   "or the path of a config.json.")
+
+
+# ----------------------------------------------------------------------------
+# The importers' writer.
+
+class ParamWriter:
+  """Flax variables built from a torch state dict, one '/'-joined name at a time.
+
+  `put(name, tree)` writes a layer's leaves under `name/`; `set(name, x)` one
+  tensor; `linear` / `conv` / `layernorm` / `batchnorm` / `conv_bn` take the
+  torch layer `src` from the StateDict `s` (names relative to its prefix) and
+  write it in flax layout. `params` and `batch_stats` are the flat dicts (read
+  or edit them freely); `variables()` nests them.
+
+  dtype: cast every written tensor (e.g. np.float32); None keeps the
+  checkpoint's dtypes (the caller casts at the end, see `cast_params`).
+  bias: True (required), False (none) or None (taken when present).
+  """
+
+  def __init__(self, s: Optional[StateDict] = None, dtype=None):
+    self.s = s
+    self.dtype = dtype
+    self.params: Dict[str, Any] = {}
+    self.batch_stats: Dict[str, Any] = {}
+
+  def _cast(self, x):
+    return x if self.dtype is None else np.asarray(x, self.dtype)
+
+  def set(self, name: str, x):
+    """One tensor at `name` (a token, a position embedding, ...)."""
+    self.params[name] = self._cast(x)
+
+  def put(self, name: str, tree: Mapping[str, Any]):
+    """A layer's params (e.g. {'kernel', 'bias'}) under `name/`."""
+    for k, v in tree.items():
+      self.params[f"{name}/{k}"] = self._cast(v)
+
+  def put_stats(self, name: str, tree: Mapping[str, Any]):
+    """A layer's batch_stats (e.g. {'mean', 'var'}) under `name/`."""
+    for k, v in tree.items():
+      self.batch_stats[f"{name}/{k}"] = self._cast(v)
+
+  def _bias(self, src: str, bias: Optional[bool]):
+    if bias is False:
+      return None
+    return self.s.take(src + ".bias", optional=bias is None)
+
+  def linear(self, dst: str, src: str, bias: Optional[bool] = True):
+    """torch Linear `src` -> flax Dense `dst`; returns the torch weight."""
+    w = self.s.take(src + ".weight")
+    self.put(dst, linear_to_dense(w, self._bias(src, bias)))
+    return w
+
+  def conv(self, dst: str, src: str, bias: Optional[bool] = True):
+    """torch Conv `src` -> flax Conv `dst`; returns the torch weight."""
+    w = self.s.take(src + ".weight")
+    self.put(dst, conv_to_flax(w, self._bias(src, bias)))
+    return w
+
+  def layernorm(self, dst: str, src: str):
+    """torch LayerNorm / GroupNorm `src` (weight, bias) -> flax {scale, bias} at `dst`."""
+    self.put(dst, layernorm_to_flax(self.s.take(src + ".weight"), self.s.take(src + ".bias")))
+
+  def batchnorm(self, dst: str, src: str):
+    """torch BatchNorm `src` -> params {scale, bias} and batch_stats {mean, var} at
+    `dst`; num_batches_tracked is dropped (flax does not count)."""
+    params, stats = batchnorm_to_flax(
+        self.s.take(src + ".weight"), self.s.take(src + ".bias"),
+        self.s.take(src + ".running_mean"), self.s.take(src + ".running_var"))
+    self.put(dst, params)
+    self.put_stats(dst, stats)
+    self.s.take(src + ".num_batches_tracked", optional=True)
+
+  def conv_bn(self, dst: str, conv: str, bn: str):
+    """A bias-free torch conv `conv` + BatchNorm `bn` -> `dst/conv`, `dst/bn`."""
+    w = self.s.take(conv + ".weight")
+    if w is not None:
+      self.put(dst + "/conv", conv_to_flax(w))
+    self.batchnorm(dst + "/bn", bn)
+
+  def drop(self, prefix: str):
+    """Removes every param under `prefix` (a classifier left for the caller to initialise)."""
+    for k in [k for k in self.params if k.startswith(prefix)]:
+      del self.params[k]
+
+  def variables(self, batch_stats: bool = False) -> Dict[str, Any]:
+    """{'params': nested} (+ 'batch_stats' when asked or when any was written)."""
+    out = {"params": unflatten_params(self.params)}
+    if batch_stats or self.batch_stats:
+      out["batch_stats"] = unflatten_params(self.batch_stats)
+    return out

@@ -2,8 +2,8 @@
 
 `timm_crossvit_to_vitjax(state_dict, num_heads=..., **overrides)` converts a
 timm `CrossVit` state dict (numpy arrays, read without pickle by
-`common.load_state_dict`) and returns `(params, model_kwargs)` for
-`vitjax.models.crossvit.CrossViT`. Mapping (timm -> vitjax), B = blocks.{i}:
+`common.load_state_dict`) and returns a `Converted` (variables {'params'},
+model name, kwargs) for `vitjax.models.crossvit.CrossViT`. Mapping (timm -> vitjax), B = blocks.{i}:
   patch_embed.{j}.proj                 -> patch_embed_{j}/proj
   patch_embed.{j}.proj.{0,2,4} (dagger) -> patch_embed_{j}/conv_{0,1,2}
   cls_token_{j}, pos_embed_{j}         -> same names (also the original
@@ -24,22 +24,22 @@ position embeddings' lengths.
 
 import math
 import re
-from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from vitjax.convert.common import (StateDict, cast_params, conv_to_flax, count_indexed,
-                                   layernorm_to_flax, linear_to_dense, load_state_dict,
-                                   unflatten_params)
+from vitjax.convert.common import (ParamWriter, StateDict, cast_params, count_indexed,
+                                   load_state_dict, unflatten_params)
+from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.errors import UserError
 
 WHAT = "timm CrossViT"
 
 
+@register_converter(family="crossvit", source="timm")
 def timm_crossvit_to_vitjax(state_dict, *, num_heads=None, image_size: int = 240,
                             img_scale=(1.0, 224 / 240), param_dtype=np.float32,
-                            **overrides) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """timm CrossVit state dict -> (params, CrossViT kwargs); see the module doc."""
+                            **overrides) -> Converted:
+  """timm CrossVit state dict -> Converted (CrossViT); see the module doc."""
   sd = dict(load_state_dict(state_dict))
   for k in list(sd):  # original (IBM) checkpoints: cls_token.0 -> cls_token_0
     m = re.fullmatch(r"(cls_token|pos_embed)\.(\d+)", k)
@@ -55,24 +55,8 @@ def timm_crossvit_to_vitjax(state_dict, *, num_heads=None, image_size: int = 240
                     "of the small branch for both, e.g. (3, 3) for crossvit_tiny_240).")
   heads = (int(num_heads),) * n if isinstance(num_heads, int) else tuple(map(int, num_heads))
   s = StateDict(sd, WHAT)
-  flat = {}
-
-  def put(name, tree):
-    for k, v in tree.items():
-      flat[f"{name}/{k}"] = v
-
-  def ln(dst, src):
-    put(dst, layernorm_to_flax(s.take(src + ".weight"), s.take(src + ".bias")))
-
-  def dense(dst, src):
-    w = s.take(src + ".weight")
-    put(dst, linear_to_dense(w, s.take(src + ".bias", optional=True)))
-    return w
-
-  def conv(dst, src):
-    w = s.take(src + ".weight")
-    put(dst, conv_to_flax(w, s.take(src + ".bias", optional=True)))
-    return w
+  wr = ParamWriter(s)
+  flat = wr.params
 
   multi_conv = "patch_embed.0.proj.0.weight" in sd
   sizes = [int(image_size * sc) for sc in img_scale]
@@ -82,9 +66,9 @@ def timm_crossvit_to_vitjax(state_dict, *, num_heads=None, image_size: int = 240
   for j in range(n):
     if multi_conv:
       for c in range(3):
-        w = conv(f"patch_embed_{j}/conv_{c}", f"patch_embed.{j}.proj.{2 * c}")
+        w = wr.conv(f"patch_embed_{j}/conv_{c}", f"patch_embed.{j}.proj.{2 * c}", bias=None)
     else:
-      w = conv(f"patch_embed_{j}/proj", f"patch_embed.{j}.proj")
+      w = wr.conv(f"patch_embed_{j}/proj", f"patch_embed.{j}.proj", bias=None)
     d = int(w.shape[0])
     dims.append(d)
     flat[f"cls_token_{j}"] = s.take(f"cls_token_{j}", shape=(1, 1, d))
@@ -111,28 +95,28 @@ def timm_crossvit_to_vitjax(state_dict, *, num_heads=None, image_size: int = 240
     for j in range(n):
       for k in range(branch_depths[j]):
         p, q = f"{b}blocks.{j}.{k}.", f"{t}branch_{j}_block_{k}/"
-        ln(q + "norm1", p + "norm1")
+        wr.layernorm(q + "norm1", p + "norm1")
         qkv_bias = s.has(p + "attn.qkv.bias")
-        dense(q + "attn/qkv", p + "attn.qkv")
-        dense(q + "attn/proj", p + "attn.proj")
-        ln(q + "norm2", p + "norm2")
-        w1 = dense(q + "mlp/fc1", p + "mlp.fc1")
-        dense(q + "mlp/fc2", p + "mlp.fc2")
+        wr.linear(q + "attn/qkv", p + "attn.qkv", bias=None)
+        wr.linear(q + "attn/proj", p + "attn.proj", bias=None)
+        wr.layernorm(q + "norm2", p + "norm2")
+        w1 = wr.linear(q + "mlp/fc1", p + "mlp.fc1", bias=None)
+        wr.linear(q + "mlp/fc2", p + "mlp.fc2", bias=None)
         if i == 0 and k == 0 and w1 is not None:
           mlp_ratios.append(w1.shape[0] / w1.shape[1])
       for name in ("proj", "revert_proj"):
-        ln(f"{t}{name}_{j}/norm", f"{b}{name}s.{j}.0")
-        dense(f"{t}{name}_{j}/fc", f"{b}{name}s.{j}.2")
+        wr.layernorm(f"{t}{name}_{j}/norm", f"{b}{name}s.{j}.0")
+        wr.linear(f"{t}{name}_{j}/fc", f"{b}{name}s.{j}.2", bias=None)
       for k in range(fusion_depth):
         p = f"{b}fusion.{j}.{k}." if nested else f"{b}fusion.{j}."
-        ln(f"{t}fusion_{j}_{k}/norm1", p + "norm1")
+        wr.layernorm(f"{t}fusion_{j}_{k}/norm1", p + "norm1")
         for name in ("wq", "wk", "wv", "proj"):
-          dense(f"{t}fusion_{j}_{k}/attn/{name}", p + "attn." + name)
+          wr.linear(f"{t}fusion_{j}_{k}/attn/{name}", p + "attn." + name, bias=None)
   num_classes = 0
   for j in range(n):
-    ln(f"norm_{j}", f"norm.{j}")
+    wr.layernorm(f"norm_{j}", f"norm.{j}")
     if s.has(f"head.{j}.weight"):
-      w = dense(f"head_{j}", f"head.{j}")
+      w = wr.linear(f"head_{j}", f"head.{j}", bias=None)
       num_classes = int(w.shape[0])
   s.finish()
   if len(mlp_ratios) != n:
@@ -150,4 +134,6 @@ def timm_crossvit_to_vitjax(state_dict, *, num_heads=None, image_size: int = 240
     if k == "num_classes" and v != num_classes:
       flat = {a: x for a, x in flat.items() if not a.startswith("head_")}
     kwargs[k] = v
-  return cast_params(unflatten_params(flat), param_dtype), kwargs
+  from vitjax.models.crossvit import CrossViT  # pylint: disable=g-import-not-at-top
+  return converted({"params": cast_params(unflatten_params(flat), param_dtype)}, CrossViT,
+                   kwargs)

@@ -2,8 +2,8 @@
 
 `hf_cvt_to_vitjax(state_dict, config=None, **overrides)` converts a
 `CvtForImageClassification` / `CvtModel` state dict (transformers 5.x names)
-and returns `(variables, model_kwargs)` for
-`vitjax.models.cvt.ConvolutionalVisionTransformer`; `variables` is
+and returns a `Converted` for
+`vitjax.models.cvt.ConvolutionalVisionTransformer`; its `variables` are
 {'params': ..., 'batch_stats': ...} (as the CNN importers: BatchNorm weight /
 bias -> params scale / bias, running_mean / running_var -> batch_stats mean /
 var, num_batches_tracked dropped).
@@ -28,21 +28,20 @@ than 'dw_bn', query strides other than 1.
 """
 
 import re
-from typing import Any, Dict, Tuple
 
-import numpy as np
-
-from vitjax.convert.common import (StateDict, conv_to_flax, count_indexed, find_prefix,
+from vitjax.convert.common import (ParamWriter, StateDict, count_indexed, find_prefix,
                                    layernorm_to_flax, linear_to_dense, load_state_dict,
-                                   read_json_config, unflatten_params)
+                                   read_json_config)
+from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.errors import UserError
 
 _NAMES = {"q": "query", "k": "key", "v": "value"}
 
 
-def hf_cvt_to_vitjax(state_dict, config=None, **overrides
-                     ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """HF Cvt state dict (+ optional config) -> (variables, model_kwargs)."""
+@register_converter(family="cvt", source="hf", model_types=("cvt",),
+                    architectures=("CvtForImageClassification", "CvtModel"))
+def hf_cvt_to_vitjax(state_dict, config=None, **overrides) -> Converted:
+  """HF Cvt state dict (+ optional config) -> Converted (ConvolutionalVisionTransformer)."""
   what = "HF CvT"
   sd = load_state_dict(state_dict)
   cfg = read_json_config(config) or {}
@@ -51,19 +50,7 @@ def hf_cvt_to_vitjax(state_dict, config=None, **overrides
     raise UserError(f"Not a {what} state dict: no tensor named "
                     "*encoder.stages.0.embedding.convolution_embeddings.projection.weight.")
   s = StateDict(sd, what, prefix)
-  params, stats = {}, {}
-
-  def put(name, tree):
-    for k, v in tree.items():
-      params[f"{name}/{k}"] = v
-
-  def ln(dst, src):
-    put(dst, layernorm_to_flax(s.take(src + ".weight"), s.take(src + ".bias")))
-
-  def dense(dst, src):
-    w = s.take(src + ".weight")
-    put(dst, linear_to_dense(w, s.take(src + ".bias", optional=True)))
-    return w
+  wr = ParamWriter(s)
 
   n = count_indexed(sd, re.escape(prefix + "encoder.stages.") + r"(\d+)\.")
   for key, want in (("cls_token", [False] * (n - 1) + [True]),
@@ -75,52 +62,47 @@ def hf_cvt_to_vitjax(state_dict, config=None, **overrides
   for i in range(n):
     st = f"encoder.stages.{i}."
     e = st + "embedding.convolution_embeddings."
-    w = s.take(e + "projection.weight")
-    put(f"stage_{i}_embed", conv_to_flax(w, s.take(e + "projection.bias")))
-    ln(f"stage_{i}_embed_norm", e + "normalization")
+    w = wr.conv(f"stage_{i}_embed", e + "projection")
+    wr.layernorm(f"stage_{i}_embed_norm", e + "normalization")
     if w is not None:
       dims.append(int(w.shape[0]))
       patch_sizes.append(int(w.shape[2]))
     if i == n - 1:
       cls = s.take(st + "cls_token")
       if cls is not None:
-        params["cls_token"] = cls
+        wr.set("cls_token", cls)
     depth = count_indexed(sd, re.escape(prefix + st + "layers.") + r"(\d+)\.")
     depths.append(depth)
     for j in range(depth):
       p, t = st + f"layers.{j}.", f"stage_{i}_block_{j}"
       a = p + "attention.attention."
-      ln(f"{t}/norm1", p + "layernorm_before")
-      ln(f"{t}/norm2", p + "layernorm_after")
+      wr.layernorm(f"{t}/norm1", p + "layernorm_before")
+      wr.layernorm(f"{t}/norm2", p + "layernorm_after")
       for short, long in _NAMES.items():
         c = a + f"convolution_projection_{long}.convolution_projection."
-        cw = s.take(c + "convolution.weight")
-        put(f"{t}/attn/conv_{short}/conv", conv_to_flax(cw))
+        cw = wr.conv(f"{t}/attn/conv_{short}/conv", c + "convolution", bias=False)
         if cw is not None:
           kernel = int(cw.shape[2])
-        put(f"{t}/attn/conv_{short}/bn", layernorm_to_flax(
-            s.take(c + "normalization.weight"), s.take(c + "normalization.bias")))
-        stats[f"{t}/attn/conv_{short}/bn/mean"] = s.take(c + "normalization.running_mean")
-        stats[f"{t}/attn/conv_{short}/bn/var"] = s.take(c + "normalization.running_var")
+        wr.batchnorm(f"{t}/attn/conv_{short}/bn", c + "normalization")
         qkv_bias = s.has(a + f"projection_{long}.bias")
-        dense(f"{t}/attn/{short}", a + f"projection_{long}")
-      dense(f"{t}/attn/proj", p + "attention.output.dense")
-      w1 = dense(f"{t}/mlp/fc1", p + "intermediate.dense")
-      dense(f"{t}/mlp/fc2", p + "output.dense")
+        wr.linear(f"{t}/attn/{short}", a + f"projection_{long}", bias=None)
+      wr.linear(f"{t}/attn/proj", p + "attention.output.dense", bias=None)
+      w1 = wr.linear(f"{t}/mlp/fc1", p + "intermediate.dense", bias=None)
+      wr.linear(f"{t}/mlp/fc2", p + "output.dense", bias=None)
       if w1 is not None:
         mlp_ratio = w1.shape[0] / w1.shape[1]
   # CvtForImageClassification keeps the final LayerNorm outside the `cvt.` prefix.
   if "layernorm.weight" in sd:
-    put("norm", layernorm_to_flax(sd["layernorm.weight"], sd["layernorm.bias"]))
+    wr.put("norm", layernorm_to_flax(sd["layernorm.weight"], sd["layernorm.bias"]))
     s.used.update({"layernorm.weight", "layernorm.bias"})
   elif s.has("layernorm.weight"):
-    ln("norm", "layernorm")
+    wr.layernorm("norm", "layernorm")
   else:
     raise UserError(f"{what}: no final layernorm.weight (a bare CvtModel has none); "
                     "pass a CvtForImageClassification checkpoint.")
   num_classes = 0
   if "classifier.weight" in sd:
-    put("head", linear_to_dense(sd["classifier.weight"], sd["classifier.bias"]))
+    wr.put("head", linear_to_dense(sd["classifier.weight"], sd["classifier.bias"]))
     s.used.update({"classifier.weight", "classifier.bias"})
     num_classes = int(sd["classifier.bias"].shape[0])
   s.finish(ignore=[r"\.num_batches_tracked$"])
@@ -142,9 +124,9 @@ def hf_cvt_to_vitjax(state_dict, config=None, **overrides
                       f"({k}={kwargs[k]!r}); it cannot be overridden.")
   kwargs.update(overrides)
   if num_classes and kwargs["num_classes"] != num_classes:
-    params = {k: v for k, v in params.items() if not k.startswith("head/")}
-  variables = {"params": unflatten_params(params), "batch_stats": unflatten_params(stats)}
-  return variables, kwargs
+    wr.drop("head/")
+  from vitjax.models.cvt import ConvolutionalVisionTransformer  # pylint: disable=g-import-not-at-top
+  return converted(wr.variables(batch_stats=True), ConvolutionalVisionTransformer, kwargs)
 
 
 __all__ = ["hf_cvt_to_vitjax"]

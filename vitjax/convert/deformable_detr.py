@@ -3,8 +3,9 @@
 `hf_deformable_detr_to_vitjax(src, config=None, **overrides)` reads a
 `DeformableDetrForObjectDetection` state dict (a .safetensors file, an HF
 snapshot folder or an in-memory dict; never a pickle) whose backbone is an HF
-ResNet (`use_timm_backbone=False`), and returns `(variables, model_kwargs)` for
-`vitjax.models.deformable_detr.DeformableDETR(**model_kwargs)`.
+ResNet (`use_timm_backbone=False`), and returns a `Converted` (variables
+{'params', 'batch_stats'}, model name, kwargs) for
+`vitjax.models.deformable_detr.DeformableDETR`.
 
 Read from the weights: widths, depths, levels, queries, classes, the backbone
 layout, with_box_refine (the decoder's own box heads), two_stage (the
@@ -26,39 +27,22 @@ from typing import Any, Dict
 import numpy as np
 
 from vitjax.convert.cnn import hf_resnet_to_vitjax
-from vitjax.convert.common import (StateDict, conv_to_flax, count_indexed,
-                                   flatten_params, layernorm_to_flax, linear_to_dense,
-                                   load_state_dict, read_json_config, unflatten_params)
+from vitjax.convert.common import (ParamWriter, StateDict, conv_to_flax, count_indexed,
+                                   flatten_params, load_state_dict, read_json_config,
+                                   unflatten_params)
+from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.errors import UserError
 
 WHAT = "Hugging Face DeformableDetrForObjectDetection"
 _BACKBONE = "model.backbone.model."
 
 
-class ParamWriter:
-  """Flat 'a/b/c' params filled from a StateDict."""
-
-  def __init__(self, s: StateDict):
-    self.s = s
-    self.flat: Dict[str, np.ndarray] = {}
-
-  def put(self, name: str, tree):
-    for k, v in tree.items():
-      self.flat[f"{name}/{k}"] = np.asarray(v, np.float32)
-
-  def dense(self, name: str, torch_name: str):
-    self.put(name, linear_to_dense(self.s.take(torch_name + ".weight"),
-                                   self.s.take(torch_name + ".bias")))
-
-  def norm(self, name: str, torch_name: str):
-    self.put(name, layernorm_to_flax(self.s.take(torch_name + ".weight"),
-                                     self.s.take(torch_name + ".bias")))
-
-  def box_head(self, name: str, torch_name: str):
-    n = count_indexed(self.s.sd, re.escape(torch_name) + r"\.layers\.(\d+)\.")
-    for j in range(n):
-      self.dense(f"{name}/layers_{j}", f"{torch_name}.layers.{j}")
-    return n
+def box_head(p: ParamWriter, name: str, torch_name: str) -> int:
+  """An HF box MLP `torch_name.layers.{j}` -> `name/layers_{j}`; returns its depth."""
+  n = count_indexed(p.s.sd, re.escape(torch_name) + r"\.layers\.(\d+)\.")
+  for j in range(n):
+    p.linear(f"{name}/layers_{j}", f"{torch_name}.layers.{j}")
+  return n
 
 
 def split_resnet_backbone(sd, what: str = WHAT):
@@ -89,27 +73,30 @@ def _check_config(cfg):
     raise UserError(f"{WHAT}: dilation=True (DC5 backbone) is not supported.")
 
 
-def hf_deformable_detr_to_vitjax(src, config=None, **overrides):
-  """HF DeformableDetrForObjectDetection -> (variables, DeformableDETR kwargs)."""
+@register_converter(family="deformable_detr", source="hf", model_types=("deformable_detr",),
+                    architectures=("DeformableDetrForObjectDetection",))
+def hf_deformable_detr_to_vitjax(src, config=None, **overrides) -> Converted:
+  """HF DeformableDetrForObjectDetection -> Converted (DeformableDETR)."""
   cfg = read_json_config(config) or {}
   _check_config(cfg)
   sd = load_state_dict(src)
   bb_sd, sd = split_resnet_backbone(sd)
-  bb_vars, bb_kwargs = hf_resnet_to_vitjax(bb_sd)
+  backbone = hf_resnet_to_vitjax(bb_sd)
+  bb_vars, bb_kwargs = backbone.variables, dict(backbone.model_kwargs)
   bb_kwargs.pop("num_classes")
   s = StateDict(sd, WHAT)
-  p = ParamWriter(s)
+  p = ParamWriter(s, np.float32)
 
   level_embed = s.take("model.level_embed")
   if level_embed is None:
     s.check_missing()
   num_levels, d = level_embed.shape
-  p.flat["level_embed"] = np.asarray(level_embed, np.float32)
+  p.set("level_embed", level_embed)
   n_in = count_indexed(sd, r"model\.input_proj\.(\d+)\.")
   for i in range(n_in):
     p.put(f"input_proj_{i}_conv", conv_to_flax(s.take(f"model.input_proj.{i}.0.weight"),
                                                s.take(f"model.input_proj.{i}.0.bias")))
-    p.norm(f"input_proj_{i}_norm", f"model.input_proj.{i}.1")
+    p.layernorm(f"input_proj_{i}_norm", f"model.input_proj.{i}.1")
   if n_in != num_levels:
     raise UserError(f"{WHAT}: {n_in} input projections for {num_levels} levels "
                     "(num_feature_levels=1 layouts are not supported).")
@@ -120,21 +107,21 @@ def hf_deformable_detr_to_vitjax(src, config=None, **overrides):
   for i in range(n_enc):
     t = f"model.encoder.layers.{i}."
     for m in msda:
-      p.dense(f"encoder_{i}/self_attn/{m}", t + "self_attn." + m)
-    p.norm(f"encoder_{i}/self_attn_layer_norm", t + "self_attn_layer_norm")
-    p.dense(f"encoder_{i}/mlp/fc1", t + "mlp.fc1")
-    p.dense(f"encoder_{i}/mlp/fc2", t + "mlp.fc2")
-    p.norm(f"encoder_{i}/final_layer_norm", t + "final_layer_norm")
+      p.linear(f"encoder_{i}/self_attn/{m}", t + "self_attn." + m)
+    p.layernorm(f"encoder_{i}/self_attn_layer_norm", t + "self_attn_layer_norm")
+    p.linear(f"encoder_{i}/mlp/fc1", t + "mlp.fc1")
+    p.linear(f"encoder_{i}/mlp/fc2", t + "mlp.fc2")
+    p.layernorm(f"encoder_{i}/final_layer_norm", t + "final_layer_norm")
   for i in range(n_dec):
     t = f"model.decoder.layers.{i}."
     for m in ("q_proj", "k_proj", "v_proj", "o_proj"):
-      p.dense(f"decoder_{i}/self_attn/{m}", t + "self_attn." + m)
+      p.linear(f"decoder_{i}/self_attn/{m}", t + "self_attn." + m)
     for m in msda:
-      p.dense(f"decoder_{i}/encoder_attn/{m}", t + "encoder_attn." + m)
+      p.linear(f"decoder_{i}/encoder_attn/{m}", t + "encoder_attn." + m)
     for ln in ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"):
-      p.norm(f"decoder_{i}/{ln}", t + ln)
-    p.dense(f"decoder_{i}/mlp/fc1", t + "mlp.fc1")
-    p.dense(f"decoder_{i}/mlp/fc2", t + "mlp.fc2")
+      p.layernorm(f"decoder_{i}/{ln}", t + ln)
+    p.linear(f"decoder_{i}/mlp/fc1", t + "mlp.fc1")
+    p.linear(f"decoder_{i}/mlp/fc2", t + "mlp.fc2")
 
   box_refine = s.has("model.decoder.bbox_embed.0.layers.0.weight")
   two_stage = s.has("model.enc_output.weight")
@@ -148,8 +135,8 @@ def hf_deformable_detr_to_vitjax(src, config=None, **overrides):
       np.array_equal(sd[f"{b}.layers.0.weight"], sd["bbox_embed.0.layers.0.weight"])
       for c, b in heads)
   for i, (c, b) in enumerate(heads[:1] if shared else heads):
-    p.dense(f"class_embed_{i}", c)
-    p.box_head(f"bbox_embed_{i}", b)
+    p.linear(f"class_embed_{i}", c)
+    box_head(p, f"bbox_embed_{i}", b)
   if shared:  # the copies are the same tensors
     for c, b in heads[1:]:
       for k in [k for k in sd if k.startswith(c + ".") or k.startswith(b + ".")]:
@@ -163,32 +150,32 @@ def hf_deformable_detr_to_vitjax(src, config=None, **overrides):
     s.take(k)
 
   if two_stage:
-    p.dense("enc_output", "model.enc_output")
-    p.norm("enc_output_norm", "model.enc_output_norm")
-    p.dense("pos_trans", "model.pos_trans")
-    p.norm("pos_trans_norm", "model.pos_trans_norm")
+    p.linear("enc_output", "model.enc_output")
+    p.layernorm("enc_output_norm", "model.enc_output_norm")
+    p.linear("pos_trans", "model.pos_trans")
+    p.layernorm("pos_trans_norm", "model.pos_trans_norm")
     num_queries = int(cfg.get("two_stage_num_proposals", cfg.get("num_queries", 300)))
   else:
     q = s.take("model.query_position_embeddings.weight")
-    p.dense("reference_points", "model.reference_points")
+    p.linear("reference_points", "model.reference_points")
     if q is not None:
-      p.flat["query_embed"] = np.asarray(q, np.float32)
+      p.set("query_embed", q)
       num_queries = q.shape[0]
   s.finish()
 
   heads_n = int(cfg.get("encoder_attention_heads", 8))
   enc_k = int(cfg.get("encoder_n_points", 0)) or (
-      p.flat["encoder_0/self_attn/attention_weights/bias"].shape[0] // (heads_n * num_levels)
+      p.params["encoder_0/self_attn/attention_weights/bias"].shape[0] // (heads_n * num_levels)
       if n_enc else 4)
   dec_k = int(cfg.get("decoder_n_points", 0)) or (
-      p.flat["decoder_0/encoder_attn/attention_weights/bias"].shape[0] // (heads_n * num_levels))
-  if p.flat["decoder_0/encoder_attn/attention_weights/bias"].shape[0] != heads_n * num_levels * dec_k:
+      p.params["decoder_0/encoder_attn/attention_weights/bias"].shape[0] // (heads_n * num_levels))
+  if p.params["decoder_0/encoder_attn/attention_weights/bias"].shape[0] != heads_n * num_levels * dec_k:
     raise UserError(f"{WHAT}: the attention weights do not fit {heads_n} heads x "
                     f"{num_levels} levels x {dec_k} points; pass the model's config.")
   kwargs: Dict[str, Any] = dict(
-      num_classes=p.flat["class_embed_0/bias"].shape[0], backbone=bb_kwargs,
+      num_classes=p.params["class_embed_0/bias"].shape[0], backbone=bb_kwargs,
       hidden_dim=int(d), num_heads=heads_n, encoder_layers=n_enc, decoder_layers=n_dec,
-      ffn_dim=p.flat["decoder_0/mlp/fc1/bias"].shape[0], num_queries=int(num_queries),
+      ffn_dim=p.params["decoder_0/mlp/fc1/bias"].shape[0], num_queries=int(num_queries),
       num_feature_levels=int(num_levels), encoder_points=int(enc_k), decoder_points=int(dec_k),
       with_box_refine=box_refine, two_stage=two_stage, share_heads=shared)
   for k, v in overrides.items():
@@ -196,10 +183,11 @@ def hf_deformable_detr_to_vitjax(src, config=None, **overrides):
       raise UserError(f"{WHAT}: override {k}={v!r} contradicts the checkpoint ({k}={kwargs[k]!r}).")
     kwargs[k] = v
   flat = flatten_params(bb_vars["params"])
-  params = unflatten_params(p.flat)
+  params = unflatten_params(p.params)
   params["backbone"] = unflatten_params(flat)
   variables = {"params": params, "batch_stats": {"backbone": bb_vars["batch_stats"]}}
-  if kwargs["num_classes"] != p.flat["class_embed_0/bias"].shape[0]:
+  if kwargs["num_classes"] != p.params["class_embed_0/bias"].shape[0]:
     for k in [k for k in params if k.startswith("class_embed_")]:
       del params[k]
-  return variables, kwargs
+  from vitjax.models.deformable_detr import DeformableDETR  # pylint: disable=g-import-not-at-top
+  return converted(variables, DeformableDETR, kwargs)

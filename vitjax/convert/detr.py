@@ -3,8 +3,8 @@
 `hf_detr_to_vitjax(src, config=None, **overrides)` reads a
 `DetrForObjectDetection` state dict (a .safetensors file, an HF snapshot
 folder or an in-memory dict; never a pickle) whose backbone is an HF ResNet
-(`use_timm_backbone=False`) and returns `(variables, model_kwargs)` for
-`vitjax.models.detr.DETR(**model_kwargs)`.
+(`use_timm_backbone=False`) and returns a `Converted` (variables {'params',
+'batch_stats'}, model name, kwargs) for `vitjax.models.detr.DETR`.
 
 Read from the weights: the backbone layout, d_model, layer counts, FFN width,
 queries and classes. From the config (optional; defaults: the paper's 8
@@ -17,9 +17,9 @@ becomes the ResNet's BatchNorm params and 'batch_stats' (vitjax.convert.cnn).
 import numpy as np
 
 from vitjax.convert.cnn import hf_resnet_to_vitjax
-from vitjax.convert.common import (StateDict, conv_to_flax, count_indexed, layernorm_to_flax,
-                                   linear_to_dense, load_state_dict, read_json_config,
-                                   unflatten_params)
+from vitjax.convert.common import (ParamWriter, StateDict, count_indexed, load_state_dict,
+                                   read_json_config)
+from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.errors import UserError
 
 WHAT = "Hugging Face DetrForObjectDetection"
@@ -40,8 +40,10 @@ def _check_config(cfg):
     raise UserError(f"{WHAT}: dilation=True (DC5) is not supported.")
 
 
-def hf_detr_to_vitjax(src, config=None, **overrides):
-  """HF DetrForObjectDetection -> (variables, DETR kwargs)."""
+@register_converter(family="detr", source="hf", model_types=("detr",),
+                    architectures=("DetrForObjectDetection",))
+def hf_detr_to_vitjax(src, config=None, **overrides) -> Converted:
+  """HF DetrForObjectDetection -> Converted (DETR)."""
   cfg = read_json_config(config) or {}
   _check_config(cfg)
   sd = load_state_dict(src)
@@ -51,52 +53,43 @@ def hf_detr_to_vitjax(src, config=None, **overrides):
   if not bb:
     raise UserError(f"Not a {WHAT} state dict: no '{_BACKBONE}*' tensors. It has: "
                     f"{', '.join(sorted(sd)[:8])} ...")
-  bb_vars, bb_kwargs = hf_resnet_to_vitjax(bb)
+  backbone = hf_resnet_to_vitjax(bb)
+  bb_vars, bb_kwargs = backbone.variables, dict(backbone.model_kwargs)
   bb_kwargs.pop("num_classes")
   s = StateDict({k: v for k, v in sd.items() if not k.startswith(_BACKBONE)}, WHAT)
-  flat = {}
-
-  def put(name, tree):
-    for k, v in tree.items():
-      flat[f"{name}/{k}"] = np.asarray(v, np.float32)
-
-  def dense(name, t):
-    put(name, linear_to_dense(s.take(t + ".weight"), s.take(t + ".bias")))
-
-  def norm(name, t):
-    put(name, layernorm_to_flax(s.take(t + ".weight"), s.take(t + ".bias")))
+  wr = ParamWriter(s, np.float32)
+  flat = wr.params
 
   if s.has("model.backbone.position_embedding.row_embeddings.weight"):
     raise UserError(f"{WHAT}: learned position embeddings are not supported (sine only).")
-  put("input_projection", conv_to_flax(s.take("model.input_projection.weight"),
-                                       s.take("model.input_projection.bias")))
+  wr.conv("input_projection", "model.input_projection")
   queries = s.take("model.query_position_embeddings.weight")
   s.check_missing()
-  flat["query_position_embeddings"] = np.asarray(queries, np.float32)
+  wr.set("query_position_embeddings", queries)
   n_enc = count_indexed(sd, r"model\.encoder\.layers\.(\d+)\.")
   n_dec = count_indexed(sd, r"model\.decoder\.layers\.(\d+)\.")
   proj = ("q_proj", "k_proj", "v_proj", "o_proj")
   for i in range(n_enc):
     t = f"model.encoder.layers.{i}."
     for p in proj:
-      dense(f"encoder_{i}/self_attn/{p}", t + "self_attn." + p)
+      wr.linear(f"encoder_{i}/self_attn/{p}", t + "self_attn." + p)
     for n in ("self_attn_layer_norm", "final_layer_norm"):
-      norm(f"encoder_{i}/{n}", t + n)
-    dense(f"encoder_{i}/mlp/fc1", t + "mlp.fc1")
-    dense(f"encoder_{i}/mlp/fc2", t + "mlp.fc2")
+      wr.layernorm(f"encoder_{i}/{n}", t + n)
+    wr.linear(f"encoder_{i}/mlp/fc1", t + "mlp.fc1")
+    wr.linear(f"encoder_{i}/mlp/fc2", t + "mlp.fc2")
   for i in range(n_dec):
     t = f"model.decoder.layers.{i}."
     for a in ("self_attn", "encoder_attn"):
       for p in proj:
-        dense(f"decoder_{i}/{a}/{p}", f"{t}{a}.{p}")
+        wr.linear(f"decoder_{i}/{a}/{p}", f"{t}{a}.{p}")
     for n in ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"):
-      norm(f"decoder_{i}/{n}", t + n)
-    dense(f"decoder_{i}/mlp/fc1", t + "mlp.fc1")
-    dense(f"decoder_{i}/mlp/fc2", t + "mlp.fc2")
-  norm("decoder_layernorm", "model.decoder.layernorm")
-  dense("class_labels_classifier", "class_labels_classifier")
+      wr.layernorm(f"decoder_{i}/{n}", t + n)
+    wr.linear(f"decoder_{i}/mlp/fc1", t + "mlp.fc1")
+    wr.linear(f"decoder_{i}/mlp/fc2", t + "mlp.fc2")
+  wr.layernorm("decoder_layernorm", "model.decoder.layernorm")
+  wr.linear("class_labels_classifier", "class_labels_classifier")
   for j in range(3):
-    dense(f"bbox_predictor/layers_{j}", f"bbox_predictor.layers.{j}")
+    wr.linear(f"bbox_predictor/layers_{j}", f"bbox_predictor.layers.{j}")
   s.finish()
   if n_dec < 1:
     raise UserError(f"{WHAT}: no decoder layers.")
@@ -111,6 +104,8 @@ def hf_detr_to_vitjax(src, config=None, **overrides):
       raise UserError(f"{WHAT}: override {k}={v!r} contradicts the checkpoint "
                       f"({k}={kwargs[k]!r}).")
     kwargs[k] = v
-  params = unflatten_params(flat)
-  params["backbone"] = bb_vars["params"]
-  return {"params": params, "batch_stats": {"backbone": bb_vars["batch_stats"]}}, kwargs
+  variables = wr.variables()
+  variables["params"]["backbone"] = bb_vars["params"]
+  variables["batch_stats"] = {"backbone": bb_vars["batch_stats"]}
+  from vitjax.models.detr import DETR  # pylint: disable=g-import-not-at-top
+  return converted(variables, DETR, kwargs)

@@ -1,7 +1,8 @@
 """MAE weights: Hugging Face `ViTMAEForPreTraining` -> vitjax, and MAE -> ViT.
 
-`hf_mae_to_vitjax(state_dict, config=None, **overrides)` returns
-`(params, model_kwargs)` for `vitjax.models.mae.MaskedAutoencoder`.
+`hf_mae_to_vitjax(state_dict, config=None, **overrides)` returns a `Converted`
+(variables {'params'}, model name, kwargs) for
+`vitjax.models.mae.MaskedAutoencoder`.
 
 Mapping (HF -> vitjax):
   vit.*                                   -> the encoder, exactly as a HF ViT
@@ -35,9 +36,10 @@ from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 
-from vitjax.convert.common import (StateDict, cast_params, count_indexed, flatten_params,
-                                   layernorm_to_flax, linear_to_dense, load_state_dict,
+from vitjax.convert.common import (ParamWriter, StateDict, cast_params, count_indexed,
+                                   flatten_params, linear_to_dense, load_state_dict,
                                    read_json_config, unflatten_params)
+from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.convert.vit import _HF_LAYER_NAMES, hf_vit_to_vitjax
 from vitjax.errors import UserError
 
@@ -58,50 +60,51 @@ def hf_mae_encoder_state_dict(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
   return {k: v for k, v in state_dict.items() if not k.startswith(_DECODER)}
 
 
-def _layer(s: StateDict, p: str, names, put, t: str):
+def _layer(wr: ParamWriter, p: str, names, t: str):
   """One HF transformer layer `p` -> vitjax EncoderBlock params under `t`."""
-  def linear(name):
-    return s.take(f"{p}{name}.weight"), s.take(f"{p}{name}.bias", optional=True)
-  put(f"{t}/norm1", layernorm_to_flax(*linear(names["ln1"])))
-  (qw, qb), (kw, kb), (vw, vb) = (linear(names[c]) for c in "qkv")
+  s = wr.s
+  wr.layernorm(f"{t}/norm1", p + names["ln1"])
+  (qw, qb), (kw, kb), (vw, vb) = ((s.take(f"{p}{names[c]}.weight"),
+                                   s.take(f"{p}{names[c]}.bias", optional=True)) for c in "qkv")
   if qw is not None and kw is not None and vw is not None:
     bias = None if qb is None else np.concatenate([qb, kb, vb])
-    put(f"{t}/attn/qkv", linear_to_dense(np.concatenate([qw, kw, vw]), bias))
-  put(f"{t}/attn/proj", linear_to_dense(*linear(names["o"])))
-  put(f"{t}/norm2", layernorm_to_flax(*linear(names["ln2"])))
-  put(f"{t}/mlp/fc1", linear_to_dense(*linear(names["fc1"])))
-  put(f"{t}/mlp/fc2", linear_to_dense(*linear(names["fc2"])))
+    wr.put(f"{t}/attn/qkv", linear_to_dense(np.concatenate([qw, kw, vw]), bias))
+  wr.linear(f"{t}/attn/proj", p + names["o"], bias=None)
+  wr.layernorm(f"{t}/norm2", p + names["ln2"])
+  wr.linear(f"{t}/mlp/fc1", p + names["fc1"], bias=None)
+  wr.linear(f"{t}/mlp/fc2", p + names["fc2"], bias=None)
   return qb is not None
 
 
+@register_converter(family="mae", source="hf", model_types=("vit_mae",),
+                    architectures=("ViTMAEForPreTraining",))
 def hf_mae_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **overrides
-                     ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """HF ViTMAEForPreTraining state dict (+ config) -> (params, model_kwargs)."""
+                     ) -> Converted:
+  """HF ViTMAEForPreTraining state dict (+ config) -> Converted (MaskedAutoencoder)."""
   sd = load_state_dict(state_dict)
   cfg = read_json_config(config) or {}
   if not is_hf_mae(sd):
     raise UserError(f"Not a {_WHAT} state dict: no decoder.decoder_pred.weight (a bare "
                     "ViTMAEModel has no decoder: load it as a ViT with source='hf').")
   enc_overrides = {"num_heads": overrides["num_heads"]} if "num_heads" in overrides else {}
-  enc, enc_kw = hf_vit_to_vitjax(hf_mae_encoder_state_dict(sd), cfg, param_dtype=None,
-                                 **enc_overrides)
-  flat = flatten_params(enc)
+  enc = hf_vit_to_vitjax(hf_mae_encoder_state_dict(sd), cfg, param_dtype=None,
+                         **enc_overrides)
+  enc_kw = enc.model_kwargs
 
   dec = {k: v for k, v in sd.items() if k.startswith(_DECODER)}
   s = StateDict(dec, _WHAT, _DECODER)
-  def put(name, tree):
-    for k, v in tree.items():
-      flat[f"decoder/{name}/{k}"] = v
-  embed_w = s.take("decoder_embed.weight")
-  put("embed", linear_to_dense(embed_w, s.take("decoder_embed.bias")))
-  flat["decoder/mask_token"] = s.take("mask_token")
-  flat["decoder/pos_embedding"] = s.take("decoder_pos_embed")
+  wr = ParamWriter(s)
+  flat = wr.params
+  flat.update(flatten_params(enc.params))
+  embed_w = wr.linear("decoder/embed", "decoder_embed")
+  wr.set("decoder/mask_token", s.take("mask_token"))
+  wr.set("decoder/pos_embedding", s.take("decoder_pos_embed"))
   layout = "legacy" if any(".attention.attention." in k for k in dec) else "v5"
   depth = count_indexed(dec, re.escape(_DECODER + "decoder_layers.") + r"(\d+)\.")
   for i in range(depth):
-    _layer(s, f"decoder_layers.{i}.", _HF_LAYER_NAMES[layout], put, f"block_{i}")
-  put("norm", layernorm_to_flax(s.take("decoder_norm.weight"), s.take("decoder_norm.bias")))
-  put("pred", linear_to_dense(s.take("decoder_pred.weight"), s.take("decoder_pred.bias")))
+    _layer(wr, f"decoder_layers.{i}.", _HF_LAYER_NAMES[layout], f"decoder/block_{i}")
+  wr.layernorm("decoder/norm", "decoder_norm")
+  wr.linear("decoder/pred", "decoder_pred")
   s.finish()
   if not depth:
     raise UserError(f"Not a {_WHAT} state dict: no decoder.decoder_layers.<i>.* tensors.")
@@ -130,7 +133,8 @@ def hf_mae_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **overr
     raise UserError(f"{_WHAT}: the decoder's number of heads cannot be read from the "
                     "weights; pass the config.json (config=) or decoder_num_heads=... "
                     "(16 in the paper's models).")
-  return cast_params(unflatten_params(flat), param_dtype), kwargs
+  return converted({"params": cast_params(unflatten_params(flat), param_dtype)},
+                   MaskedAutoencoder, kwargs)
 
 
 def mae_encoder_to_vit(params, model_kwargs: Mapping[str, Any] = None

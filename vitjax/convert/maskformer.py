@@ -2,8 +2,8 @@
 
 `hf_maskformer_to_vitjax(state_dict, config=None, **overrides)` converts a
 `MaskFormerForInstanceSegmentation` state dict with a Swin backbone
-(MaskFormer-Swin) into `(params, model_kwargs)` for
-`vitjax.models.maskformer.MaskFormer`.
+(MaskFormer-Swin) into a `Converted` (variables {'params'}, model name,
+kwargs) for `vitjax.models.maskformer.MaskFormer`.
 
 Mapping (HF -> vitjax):
   model.pixel_level_module.encoder.model.*     -> backbone (vitjax.convert.swin)
@@ -25,13 +25,13 @@ The decoder's head count is not in the weights: it comes from the config
 """
 
 import re
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 import numpy as np
 
-from vitjax.convert.common import (StateDict, cast_params, conv_to_flax, count_indexed,
-                                   flatten_params, layernorm_to_flax, linear_to_dense,
-                                   load_state_dict, unflatten_params)
+from vitjax.convert.common import (ParamWriter, StateDict, cast_params, count_indexed,
+                                   flatten_params, load_state_dict, unflatten_params)
+from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.convert.swin import hf_swin_to_vitjax
 from vitjax.errors import UserError
 
@@ -48,9 +48,11 @@ def _config_dict(config) -> Dict[str, Any]:
   return dict(config)
 
 
+@register_converter(family="maskformer", source="hf", model_types=("maskformer",),
+                    architectures=("MaskFormerForInstanceSegmentation",))
 def hf_maskformer_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **overrides
-                            ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """HF MaskFormer (Swin backbone) state dict (+ config) -> (params, model_kwargs)."""
+                            ) -> Converted:
+  """HF MaskFormer (Swin backbone) state dict (+ config) -> Converted (MaskFormer)."""
   sd = load_state_dict(state_dict)
   cfg = _config_dict(config)
   what = "HF MaskFormer"
@@ -61,60 +63,49 @@ def hf_maskformer_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, 
     raise UserError(f"{what}: only Swin backbones are supported (no "
                     f"{bb_prefix}embeddings.patch_embeddings.projection.weight).")
   backbone_sd = {k[len(bb_prefix):]: v for k, v in sd.items() if k.startswith(bb_prefix)}
-  bb_params, bb_kwargs = hf_swin_to_vitjax(backbone_sd)
-  flat = {f"backbone/{k}": v for k, v in flatten_params(bb_params).items()}
+  backbone = hf_swin_to_vitjax(backbone_sd)
+  bb_kwargs = dict(backbone.model_kwargs)
   rest = {k: v for k, v in sd.items() if not k.startswith(bb_prefix)}
   s = StateDict(rest, what)
-
-  def put(name, tree):
-    for k, v in tree.items():
-      flat[f"{name}/{k}"] = v
-
-  def ln(name):
-    return layernorm_to_flax(s.take(name + ".weight"), s.take(name + ".bias"))
+  wr = ParamWriter(s)
+  flat = wr.params
+  flat.update({f"backbone/{k}": v for k, v in flatten_params(backbone.params).items()})
 
   num_stages = len(bb_kwargs["depths"])
   for i in range(num_stages):
-    put(f"stage_norm_{i}", ln(_ENC + f"hidden_states_norms.{i}"))
+    wr.layernorm(f"stage_norm_{i}", _ENC + f"hidden_states_norms.{i}")
 
   def conv_gn(name, hf):
-    put(f"pixel_decoder/{name}/conv", conv_to_flax(s.take(hf + ".0.weight")))
-    put(f"pixel_decoder/{name}/norm", ln(hf + ".1"))
+    wr.conv(f"pixel_decoder/{name}/conv", hf + ".0", bias=False)
+    wr.layernorm(f"pixel_decoder/{name}/norm", hf + ".1")
 
   conv_gn("stem", _PIX + "fpn.stem")
   for i in range(count_indexed(rest, re.escape(_PIX + "fpn.layers.") + r"(\d+)\.")):
     conv_gn(f"layer_{i}_proj", _PIX + f"fpn.layers.{i}.proj")
     conv_gn(f"layer_{i}_block", _PIX + f"fpn.layers.{i}.block")
-  w = s.take(_PIX + "mask_projection.weight")
-  put("pixel_decoder/mask_projection", conv_to_flax(w, s.take(_PIX + "mask_projection.bias")))
+  w = wr.conv("pixel_decoder/mask_projection", _PIX + "mask_projection")
   fpn_dim, mask_dim = int(w.shape[1]), int(w.shape[0])
 
   queries = s.take(_TR + "queries_embedder.weight")
-  flat["query_embed"] = queries
+  wr.set("query_embed", queries)
   if s.has(_TR + "input_projection.weight"):
-    put("input_projection", conv_to_flax(s.take(_TR + "input_projection.weight"),
-                                         s.take(_TR + "input_projection.bias")))
+    wr.conv("input_projection", _TR + "input_projection")
   layers = count_indexed(rest, re.escape(_TR + "decoder.layers.") + r"(\d+)\.")
   ffn_dim = None
   for i in range(layers):
     p, t = _TR + f"decoder.layers.{i}.", f"decoder_layer_{i}"
     for name in ("self_attn", "encoder_attn"):
       for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-        put(f"{t}/{name}/{proj}", linear_to_dense(s.take(p + f"{name}.{proj}.weight"),
-                                                  s.take(p + f"{name}.{proj}.bias")))
+        wr.linear(f"{t}/{name}/{proj}", p + f"{name}.{proj}")
     for name in ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"):
-      put(f"{t}/{name}", ln(p + name))
-    w1 = s.take(p + "mlp.fc1.weight")
-    put(f"{t}/mlp/fc1", linear_to_dense(w1, s.take(p + "mlp.fc1.bias")))
-    put(f"{t}/mlp/fc2", linear_to_dense(s.take(p + "mlp.fc2.weight"),
-                                        s.take(p + "mlp.fc2.bias")))
+      wr.layernorm(f"{t}/{name}", p + name)
+    w1 = wr.linear(f"{t}/mlp/fc1", p + "mlp.fc1")
+    wr.linear(f"{t}/mlp/fc2", p + "mlp.fc2")
     ffn_dim = int(w1.shape[0])
-  put("decoder_norm", ln(_TR + "decoder.layernorm"))
-  put("class_head", linear_to_dense(s.take("class_predictor.weight"),
-                                    s.take("class_predictor.bias")))
+  wr.layernorm("decoder_norm", _TR + "decoder.layernorm")
+  wr.linear("class_head", "class_predictor")
   for i in range(3):
-    put(f"mask_embed_{i}", linear_to_dense(s.take(f"mask_embedder.{i}.0.weight"),
-                                           s.take(f"mask_embedder.{i}.0.bias")))
+    wr.linear(f"mask_embed_{i}", f"mask_embedder.{i}.0")
   s.finish(ignore=[r"^criterion\.", r"\.num_batches_tracked$"])
 
   dec = cfg.get("decoder_config") or {}
@@ -130,7 +121,9 @@ def hf_maskformer_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, 
       mask_dim=mask_dim, decoder_layers=int(layers), num_heads=int(heads),
       ffn_dim=int(ffn_dim), dropout=0.0)
   kwargs.update(overrides)
-  return cast_params(unflatten_params(flat), param_dtype), kwargs
+  from vitjax.models.maskformer import MaskFormer  # pylint: disable=g-import-not-at-top
+  return converted({"params": cast_params(unflatten_params(flat), param_dtype)}, MaskFormer,
+                   kwargs)
 
 
 __all__ = ["hf_maskformer_to_vitjax"]

@@ -5,9 +5,9 @@
 `hf_mobilevitv2_to_vitjax` reads `MobileViTV2ForImageClassification` /
 `MobileViTV2Model` into `MobileViTV2` (its 1x1 convs over unfolded patches
 become Dense layers; GroupNorm(1) weights map to flax GroupNorm).
-It returns `(variables, model_kwargs)` like the CNN importers of
-`vitjax.convert.cnn`: variables = {'params', 'batch_stats'}; a different
-`num_classes` override leaves the head out.
+Both return a `Converted` like the CNN importers of `vitjax.convert.cnn`:
+variables = {'params', 'batch_stats'}; a different `num_classes` override
+leaves the head out.
 
 Widths, transformer widths and depths come from the tensors; the number of
 heads, MLP ratio, patch size, activation and epsilons from the HF config
@@ -16,29 +16,28 @@ query / key / value projections are fused into vitjax's `qkv` Dense (order
 q, k, v, heads-major inside each, as HF's view(B, N, H, d)).
 """
 
-from typing import Any, Dict, Tuple
-
 import numpy as np
 
-from vitjax.convert.cnn import _NBT, _check_act, _finalize, _head, _Out, _state
-from vitjax.convert.common import (StateDict, conv_to_flax, count_indexed,
+from vitjax.convert.cnn import _NBT, _check_act, _finalize, _head, _state
+from vitjax.convert.common import (ParamWriter, StateDict, conv_to_flax, count_indexed,
                                    layernorm_to_flax, linear_to_dense,
                                    read_json_config)
+from vitjax.convert.registry import Converted, register_converter
 from vitjax.errors import UserError
 
 _WHAT = "HF MobileViT"
 
 
-def _ir(out: _Out, s: StateDict, name: str, p: str) -> int:
+def _ir(out: ParamWriter, s: StateDict, name: str, p: str) -> int:
   """MobileViTInvertedResidual -> vitjax InvertedResidual; returns out width."""
   for ours, theirs in (("expand", "expand_1x1"), ("dwconv", "conv_3x3"),
                        ("project", "reduce_1x1")):
-    out.conv_bn(f"{name}/{ours}", s, f"{p}.{theirs}.convolution",
+    out.conv_bn(f"{name}/{ours}", f"{p}.{theirs}.convolution",
                 f"{p}.{theirs}.normalization")
   return out.params[f"{name}/project/bn/bias"].shape[0]
 
 
-def _transformer_layer(out: _Out, s: StateDict, name: str, p: str):
+def _transformer_layer(out: ParamWriter, s: StateDict, name: str, p: str):
   a = f"{p}.attention.attention."
   w = np.concatenate([s.take(a + n + ".weight") for n in ("query", "key", "value")], 0)
   b = np.concatenate([s.take(a + n + ".bias") for n in ("query", "key", "value")], 0)
@@ -61,9 +60,10 @@ def _expand_ratio(s: StateDict, p: str) -> float:
   return float(w.shape[0]) / float(w.shape[1])
 
 
-def hf_mobilevit_to_vitjax(src, config, **overrides
-                           ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """HF MobileViT (v1) state dict -> (variables, MobileViT kwargs)."""
+@register_converter(family="mobilevit", source="hf", model_types=("mobilevit",),
+                    architectures=("MobileViTForImageClassification", "MobileViTModel"))
+def hf_mobilevit_to_vitjax(src, config, **overrides) -> Converted:
+  """HF MobileViT (v1) state dict -> Converted (MobileViT)."""
   cfg = read_json_config(config)
   if cfg is None:
     raise UserError(f"{_WHAT}: pass config= (the HF config.json, a dict or a "
@@ -73,8 +73,8 @@ def hf_mobilevit_to_vitjax(src, config, **overrides
     raise UserError(f"{_WHAT}: output_stride={cfg['output_stride']} (dilated "
                     "segmentation backbone) is not supported; vitjax uses 32.")
   s, p = _state(src, _WHAT, "conv_stem.convolution.weight")
-  out = _Out()
-  out.conv_bn("stem", s, p + "conv_stem.convolution", p + "conv_stem.normalization")
+  out = ParamWriter(s, np.float32)
+  out.conv_bn("stem", p + "conv_stem.convolution", p + "conv_stem.normalization")
   e = p + "encoder.layer."
   widths = [out.params["stem/bn/bias"].shape[0]]
   widths.append(_ir(out, s, "stage_0_block_0", e + "0.layer.0"))
@@ -87,7 +87,7 @@ def hf_mobilevit_to_vitjax(src, config, **overrides
     name = f"stage_{i + 2}"
     widths.append(_ir(out, s, f"{name}_down", q + "downsampling_layer"))
     m = f"{name}_mobilevit"
-    out.conv_bn(f"{m}/conv_kxk", s, q + "conv_kxk.convolution",
+    out.conv_bn(f"{m}/conv_kxk", q + "conv_kxk.convolution",
                 q + "conv_kxk.normalization")
     w1 = s.take(q + "conv_1x1.convolution.weight")
     out.put(f"{m}/conv_1x1", conv_to_flax(w1))
@@ -98,13 +98,13 @@ def hf_mobilevit_to_vitjax(src, config, **overrides
       _transformer_layer(out, s, f"{m}/transformer_{j}", f"{q}transformer.layer.{j}")
     out.put(f"{m}/norm", layernorm_to_flax(s.take(q + "layernorm.weight"),
                                            s.take(q + "layernorm.bias")))
-    out.conv_bn(f"{m}/conv_proj", s, q + "conv_projection.convolution",
+    out.conv_bn(f"{m}/conv_proj", q + "conv_projection.convolution",
                 q + "conv_projection.normalization")
-    out.conv_bn(f"{m}/fusion", s, q + "fusion.convolution", q + "fusion.normalization")
+    out.conv_bn(f"{m}/fusion", q + "fusion.convolution", q + "fusion.normalization")
   if not s.has(p + "conv_1x1_exp.convolution.weight"):
     raise UserError(f"{_WHAT}: no conv_1x1_exp (a MobileViTModel built with "
                     "expand_output=False); vitjax's MobileViT always has the head conv.")
-  out.conv_bn("head_conv", s, p + "conv_1x1_exp.convolution",
+  out.conv_bn("head_conv", p + "conv_1x1_exp.convolution",
               p + "conv_1x1_exp.normalization")
   widths.append(out.params["head_conv/bn/bias"].shape[0])
   num_classes = _head(out, s, "classifier.weight", "classifier.bias")
@@ -122,7 +122,8 @@ def hf_mobilevit_to_vitjax(src, config, **overrides
                     "supported (vitjax uses 3).")
   if not cfg.get("qkv_bias", True):
     raise UserError(f"{_WHAT}: qkv_bias=False is not supported.")
-  return _finalize(out, kwargs, overrides, _WHAT)
+  from vitjax.models.mobilevit import MobileViT  # pylint: disable=g-import-not-at-top
+  return _finalize(out, kwargs, overrides, _WHAT, MobileViT)
 
 
 # ----------------------------------------------------------------------------
@@ -137,9 +138,10 @@ def _conv1x1_dense(s: StateDict, p: str):
   return linear_to_dense(w.reshape(w.shape[0], w.shape[1]), s.take(p + ".bias"))
 
 
-def hf_mobilevitv2_to_vitjax(src, config, **overrides
-                             ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """HF MobileViTV2 state dict -> (variables, MobileViTV2 kwargs).
+@register_converter(family="mobilevitv2", source="hf", model_types=("mobilevitv2",),
+                    architectures=("MobileViTV2ForImageClassification", "MobileViTV2Model"))
+def hf_mobilevitv2_to_vitjax(src, config, **overrides) -> Converted:
+  """HF MobileViTV2 state dict -> Converted (MobileViTV2).
 
   The width multiplier, FFN multiplier and expansion come from the config
   (required); the transformer depths from the weights.
@@ -155,8 +157,8 @@ def hf_mobilevitv2_to_vitjax(src, config, **overrides
     if (list(got) if isinstance(got, (list, tuple)) else got) != want:
       raise UserError(f"{_WHAT2}: {key}={got!r} is not supported (vitjax uses {want}).")
   s, p = _state(src, _WHAT2, "conv_stem.convolution.weight")
-  out = _Out()
-  out.conv_bn("stem", s, p + "conv_stem.convolution", p + "conv_stem.normalization")
+  out = ParamWriter(s, np.float32)
+  out.conv_bn("stem", p + "conv_stem.convolution", p + "conv_stem.normalization")
   e = p + "encoder.layer."
   _ir(out, s, "stage_0_block_0", e + "0.layer.0")
   for j in range(2):
@@ -167,7 +169,7 @@ def hf_mobilevitv2_to_vitjax(src, config, **overrides
     name = f"stage_{i + 2}"
     _ir(out, s, f"{name}_down", q + "downsampling_layer")
     m = f"{name}_mobilevit"
-    out.conv_bn(f"{m}/conv_kxk", s, q + "conv_kxk.convolution", q + "conv_kxk.normalization")
+    out.conv_bn(f"{m}/conv_kxk", q + "conv_kxk.convolution", q + "conv_kxk.normalization")
     out.put(f"{m}/conv_1x1", conv_to_flax(s.take(q + "conv_1x1.convolution.weight")))
     depth = count_indexed(s.sd, rf"{q.replace('.', '[.]')}transformer[.]layer[.](\d+)[.]")
     depths.append(depth)
@@ -182,7 +184,7 @@ def hf_mobilevitv2_to_vitjax(src, config, **overrides
       out.put(f"{n}/mlp/fc2", _conv1x1_dense(s, t + "ffn.conv2.convolution"))
     out.put(f"{m}/norm", layernorm_to_flax(s.take(q + "layernorm.weight"),
                                            s.take(q + "layernorm.bias")))
-    out.conv_bn(f"{m}/conv_proj", s, q + "conv_projection.convolution",
+    out.conv_bn(f"{m}/conv_proj", q + "conv_projection.convolution",
                 q + "conv_projection.normalization")
   num_classes = _head(out, s, "classifier.weight", "classifier.bias")
   s.finish(ignore=_NBT)
@@ -198,4 +200,4 @@ def hf_mobilevitv2_to_vitjax(src, config, **overrides
   if stem != want:
     raise UserError(f"{_WHAT2}: the stem has {stem} channels but width_multiplier="
                     f"{kwargs['width_mult']} gives {want}: config and weights disagree.")
-  return _finalize(out, kwargs, overrides, _WHAT2)
+  return _finalize(out, kwargs, overrides, _WHAT2, MobileViTV2)

@@ -2,8 +2,8 @@
 
 `hf_dinat_to_vitjax(state_dict, config=None, **overrides)` converts a
 `DinatForImageClassification` / `DinatModel` state dict (transformers 5.x
-names; HF's DiNAT with all dilations 1 is NAT) and returns
-`(variables, model_kwargs)` for `vitjax.models.nat.NAT`.
+names; HF's DiNAT with all dilations 1 is NAT) and returns a `Converted`
+(variables {'params'}, model name, kwargs) for `vitjax.models.nat.NAT`.
 
 Mapping (HF -> vitjax), with L = encoder.levels.{i}, B = L.layers.{j}:
   embeddings.patch_embeddings.projection.{0,1} -> tokenizer_conv{0,1}
@@ -23,19 +23,19 @@ weights; heads, dilations and the LayerNorm epsilon from the config
 """
 
 import re
-from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from vitjax.convert.common import (StateDict, conv_to_flax, count_indexed, find_prefix,
-                                   layernorm_to_flax, linear_to_dense, load_state_dict,
-                                   read_json_config, unflatten_params)
+from vitjax.convert.common import (ParamWriter, StateDict, count_indexed, find_prefix,
+                                   linear_to_dense, load_state_dict, read_json_config)
+from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.errors import UserError
 
 
-def hf_dinat_to_vitjax(state_dict, config=None, **overrides
-                       ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """HF Dinat state dict (+ optional config) -> (variables, model_kwargs)."""
+@register_converter(family="nat", source="hf", model_types=("dinat",),
+                    architectures=("DinatForImageClassification", "DinatModel"))
+def hf_dinat_to_vitjax(state_dict, config=None, **overrides) -> Converted:
+  """HF Dinat state dict (+ optional config) -> Converted (NAT)."""
   what = "HF DiNAT"
   sd = load_state_dict(state_dict)
   cfg = read_json_config(config) or {}
@@ -44,25 +44,12 @@ def hf_dinat_to_vitjax(state_dict, config=None, **overrides
   if prefix is None:
     raise UserError(f"Not a {what} state dict: no tensor named *{first}.")
   s = StateDict(sd, what, prefix)
-  params = {}
-
-  def put(name, tree):
-    for k, v in tree.items():
-      params[f"{name}/{k}"] = v
-
-  def ln(dst, src):
-    put(dst, layernorm_to_flax(s.take(src + ".weight"), s.take(src + ".bias")))
-
-  def dense(dst, src):
-    w = s.take(src + ".weight")
-    put(dst, linear_to_dense(w, s.take(src + ".bias", optional=True)))
-    return w
+  wr = ParamWriter(s)
 
   e = "embeddings."
   for i in range(2):
-    p = e + f"patch_embeddings.projection.{i}."
-    put(f"tokenizer_conv{i}", conv_to_flax(s.take(p + "weight"), s.take(p + "bias")))
-  ln("tokenizer_norm", e + "norm")
+    wr.conv(f"tokenizer_conv{i}", e + f"patch_embeddings.projection.{i}")
+  wr.layernorm("tokenizer_norm", e + "norm")
   n = count_indexed(sd, re.escape(prefix + "encoder.levels.") + r"(\d+)\.")
   depths, embed_dim, kernel, mlp_ratio, layer_scale, qkv_bias = [], None, 7, 3.0, 0.0, True
   for i in range(n):
@@ -72,37 +59,38 @@ def hf_dinat_to_vitjax(state_dict, config=None, **overrides
     for j in range(depth):
       b, t = lv + f"layers.{j}.", f"level_{i}_block_{j}"
       a = b + "attention.self."
-      ln(f"{t}/norm1", b + "layernorm_before")
-      ln(f"{t}/norm2", b + "layernorm_after")
+      wr.layernorm(f"{t}/norm1", b + "layernorm_before")
+      wr.layernorm(f"{t}/norm2", b + "layernorm_after")
       ws = [s.take(a + f"{x}.weight") for x in ("query", "key", "value")]
       bs = [s.take(a + f"{x}.bias", optional=True) for x in ("query", "key", "value")]
       qkv_bias = all(x is not None for x in bs)
       if all(w is not None for w in ws):
-        put(f"{t}/attn/qkv", linear_to_dense(
+        wr.put(f"{t}/attn/qkv", linear_to_dense(
             np.concatenate(ws, 0), np.concatenate(bs, 0) if qkv_bias else None))
         if embed_dim is None:
           embed_dim = int(ws[0].shape[0])
       rpb = s.take(a + "rpb")
       if rpb is not None:
-        params[f"{t}/attn/rpb"] = np.asarray(rpb)
+        wr.set(f"{t}/attn/rpb", np.asarray(rpb))
         kernel = (int(rpb.shape[-1]) + 1) // 2
-      dense(f"{t}/attn/proj", b + "attention.output.dense")
-      w1 = dense(f"{t}/mlp/fc1", b + "intermediate.dense")
-      dense(f"{t}/mlp/fc2", b + "output.dense")
+      wr.linear(f"{t}/attn/proj", b + "attention.output.dense", bias=None)
+      w1 = wr.linear(f"{t}/mlp/fc1", b + "intermediate.dense", bias=None)
+      wr.linear(f"{t}/mlp/fc2", b + "output.dense", bias=None)
       if w1 is not None:
         mlp_ratio = w1.shape[0] / w1.shape[1]
       gamma = s.take(b + "layer_scale_parameters", optional=True)
       if gamma is not None:
-        params[f"{t}/gamma1"], params[f"{t}/gamma2"] = np.asarray(gamma[0]), np.asarray(gamma[1])
+        wr.set(f"{t}/gamma1", np.asarray(gamma[0]))
+        wr.set(f"{t}/gamma2", np.asarray(gamma[1]))
         layer_scale = 1.0  # any non-zero value: the model creates gamma1 / gamma2
     if s.has(lv + "downsample.reduction.weight"):
-      put(f"level_{i + 1}_downsample", conv_to_flax(s.take(lv + "downsample.reduction.weight")))
-      ln(f"level_{i + 1}_downsample_norm", lv + "downsample.norm")
+      wr.conv(f"level_{i + 1}_downsample", lv + "downsample.reduction", bias=False)
+      wr.layernorm(f"level_{i + 1}_downsample_norm", lv + "downsample.norm")
   # DinatForImageClassification keeps the classifier outside the `dinat.` prefix.
-  ln("norm", "layernorm")
+  wr.layernorm("norm", "layernorm")
   num_classes = 0
   if "classifier.weight" in sd:
-    put("head", linear_to_dense(sd["classifier.weight"], sd["classifier.bias"]))
+    wr.put("head", linear_to_dense(sd["classifier.weight"], sd["classifier.bias"]))
     s.used.update({"classifier.weight", "classifier.bias"})
     num_classes = int(sd["classifier.bias"].shape[0])
   s.finish()
@@ -123,8 +111,9 @@ def hf_dinat_to_vitjax(state_dict, config=None, **overrides
                     "scale; layer_scale cannot be switched by an override.")
   kwargs.update(overrides)
   if num_classes and kwargs["num_classes"] != num_classes:
-    params = {k: v for k, v in params.items() if not k.startswith("head/")}
-  return {"params": unflatten_params(params)}, kwargs
+    wr.drop("head/")
+  from vitjax.models.nat import NAT  # pylint: disable=g-import-not-at-top
+  return converted(wr.variables(), NAT, kwargs)
 
 
 __all__ = ["hf_dinat_to_vitjax"]

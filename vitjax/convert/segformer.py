@@ -1,9 +1,9 @@
 """SegFormer weights from Hugging Face transformers -> vitjax.
 
 `hf_segformer_to_vitjax(state_dict, config=None, **overrides)` converts a
-`SegformerForSemanticSegmentation` state dict and returns `(params,
-batch_stats, model_kwargs)` for `vitjax.models.segformer.SegFormer`
-(batch_stats: the decoder's BatchNorm running statistics). Both the names of
+`SegformerForSemanticSegmentation` state dict and returns a `Converted` for
+`vitjax.models.segformer.SegFormer` (variables {'params', 'batch_stats'};
+batch_stats: the decoder's BatchNorm running statistics). Both the names of
 transformers 5.x and the older names of the checkpoints on the Hub
 (`encoder.block.{i}.{j}.attention.self.query`, `decode_head.linear_c.{i}`,
 ...) are read; the older ones are renamed first.
@@ -28,13 +28,13 @@ released models' (1, 2, 5, 8) and (4, 2, 2, 2)).
 """
 
 import re
-from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from vitjax.convert.common import (StateDict, cast_params, conv_to_flax, count_indexed,
-                                   layernorm_to_flax, linear_to_dense, load_state_dict,
-                                   read_json_config, unflatten_params)
+from vitjax.convert.common import (ParamWriter, StateDict, cast_params, count_indexed,
+                                   linear_to_dense, load_state_dict, read_json_config,
+                                   unflatten_params)
+from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.errors import UserError
 
 # Hub (transformers 4.x) names -> transformers 5.x names.
@@ -65,9 +65,11 @@ def _modern_names(sd):
   return out
 
 
+@register_converter(family="segformer", source="hf", model_types=("segformer",),
+                    architectures=("SegformerForSemanticSegmentation",))
 def hf_segformer_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **overrides
-                           ) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
-  """HF Segformer state dict (+ optional config) -> (params, batch_stats, model_kwargs)."""
+                           ) -> Converted:
+  """HF Segformer state dict (+ optional config) -> Converted (SegFormer)."""
   what = "HF SegFormer"
   sd = _modern_names(load_state_dict(state_dict))
   cfg = read_json_config(config) or {}
@@ -79,31 +81,15 @@ def hf_segformer_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, *
     raise UserError(f"{what}: no decode_head.* tensors; this converter needs a "
                     "SegformerForSemanticSegmentation checkpoint (encoder + decoder).")
   s = StateDict(sd, what, "")
-  flat, stats = {}, {}
-
-  def put(name, tree):
-    for k, v in tree.items():
-      flat[f"{name}/{k}"] = v
-
-  def dense(dst, src):
-    w = s.take(src + ".weight")
-    put(dst, linear_to_dense(w, s.take(src + ".bias", optional=True)))
-    return w
-
-  def conv(dst, src):
-    w = s.take(src + ".weight")
-    put(dst, conv_to_flax(w, s.take(src + ".bias", optional=True)))
-    return w
-
-  def ln(dst, src):
-    put(dst, layernorm_to_flax(s.take(src + ".weight"), s.take(src + ".bias")))
+  wr = ParamWriter(s)
+  flat = wr.params
 
   num_stages = count_indexed(sd, r"segformer\.stages\.(\d+)\.")
   dims, depths, patch_sizes, srs, mlp_ratios = [], [], [], [], []
   for i in range(num_stages):
     S, E = f"segformer.stages.{i}.", f"encoder/stage_{i}"
-    w = conv(f"{E}_patch_embed", S + "patch_embeddings.proj")
-    ln(f"{E}_patch_embed_norm", S + "patch_embeddings.layer_norm")
+    w = wr.conv(f"{E}_patch_embed", S + "patch_embeddings.proj", bias=None)
+    wr.layernorm(f"{E}_patch_embed_norm", S + "patch_embeddings.layer_norm")
     dims.append(int(w.shape[0]))
     patch_sizes.append(int(w.shape[2]))
     depth = count_indexed(sd, re.escape(S + "blocks.") + r"(\d+)\.")
@@ -112,36 +98,34 @@ def hf_segformer_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, *
     for j in range(depth):
       p, t = S + f"blocks.{j}.", f"{E}_block_{j}"
       a = p + "attention."
-      ln(f"{t}/norm1", p + "layernorm_before")
-      ln(f"{t}/norm2", p + "layernorm_after")
-      dense(f"{t}/attn/q", a + "q_proj")
+      wr.layernorm(f"{t}/norm1", p + "layernorm_before")
+      wr.layernorm(f"{t}/norm2", p + "layernorm_after")
+      wr.linear(f"{t}/attn/q", a + "q_proj", bias=None)
       kw, vw = s.take(a + "k_proj.weight"), s.take(a + "v_proj.weight")
       kb, vb = s.take(a + "k_proj.bias"), s.take(a + "v_proj.bias")
       if kw is not None and vw is not None:
-        put(f"{t}/attn/kv", linear_to_dense(np.concatenate([kw, vw]),
-                                            None if kb is None else np.concatenate([kb, vb])))
-      dense(f"{t}/attn/proj", a + "o_proj")
+        wr.put(f"{t}/attn/kv", linear_to_dense(
+            np.concatenate([kw, vw]), None if kb is None else np.concatenate([kb, vb])))
+      wr.linear(f"{t}/attn/proj", a + "o_proj", bias=None)
       if s.has(a + "sequence_reduction.sequence_reduction.weight"):
-        sr = int(conv(f"{t}/attn/sr", a + "sequence_reduction.sequence_reduction").shape[2])
-        ln(f"{t}/attn/norm", a + "sequence_reduction.layer_norm")
-      w1 = dense(f"{t}/mlp/fc1", p + "mlp.fc1")
-      conv(f"{t}/mlp/dwconv", p + "mlp.dwconv.dwconv")
-      dense(f"{t}/mlp/fc2", p + "mlp.fc2")
+        srw = wr.conv(f"{t}/attn/sr", a + "sequence_reduction.sequence_reduction", bias=None)
+        sr = int(srw.shape[2])
+        wr.layernorm(f"{t}/attn/norm", a + "sequence_reduction.layer_norm")
+      w1 = wr.linear(f"{t}/mlp/fc1", p + "mlp.fc1", bias=None)
+      wr.conv(f"{t}/mlp/dwconv", p + "mlp.dwconv.dwconv", bias=None)
+      wr.linear(f"{t}/mlp/fc2", p + "mlp.fc2", bias=None)
       if j == 0 and w1 is not None:
         mlp_ratios.append(w1.shape[0] / w1.shape[1])
     srs.append(sr)
-    ln(f"{E}_norm", S + "layer_norm")
+    wr.layernorm(f"{E}_norm", S + "layer_norm")
   D = "decode_head."
   decoder_dim = None
   for i in range(num_stages):
-    w = dense(f"decode_linear_{i}", D + f"linear_projections.{i}.proj")
+    w = wr.linear(f"decode_linear_{i}", D + f"linear_projections.{i}.proj", bias=None)
     decoder_dim = int(w.shape[0]) if w is not None else decoder_dim
-  conv("decode_fuse/conv", D + "linear_fuse")
-  bn = D + "batch_norm."
-  put("decode_fuse/bn", {"scale": s.take(bn + "weight"), "bias": s.take(bn + "bias")})
-  stats["decode_fuse/bn/mean"] = s.take(bn + "running_mean")
-  stats["decode_fuse/bn/var"] = s.take(bn + "running_var")
-  cw = conv("head", D + "classifier")
+  wr.conv("decode_fuse/conv", D + "linear_fuse", bias=None)
+  wr.batchnorm("decode_fuse/bn", D + "batch_norm")
+  cw = wr.conv("head", D + "classifier", bias=None)
   num_classes = int(cw.shape[0])
   s.finish(ignore=[r"\.num_batches_tracked$"])
   kwargs = dict(
@@ -159,8 +143,9 @@ def hf_segformer_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, *
   if kwargs["num_classes"] != num_classes:  # a new head: left for the caller to initialise
     flat = {k: v for k, v in flat.items() if not k.startswith("head/")}
   params = cast_params(unflatten_params(flat), param_dtype)
-  batch_stats = cast_params(unflatten_params(stats), param_dtype)
-  return params, batch_stats, kwargs
+  batch_stats = cast_params(unflatten_params(wr.batch_stats), param_dtype)
+  from vitjax.models.segformer import SegFormer  # pylint: disable=g-import-not-at-top
+  return converted({"params": params, "batch_stats": batch_stats}, SegFormer, kwargs)
 
 
 __all__ = ["hf_segformer_to_vitjax"]

@@ -4,8 +4,9 @@
 `SwinForImageClassification` / `SwinModel` or `Swinv2ForImageClassification`
 / `Swinv2Model` state dict (tensor names of transformers 5.x; v1's older
 `attention.self.query/key/value` + `attention.output.dense` +
-`intermediate/output.dense` names are read too) and returns
-`(params, model_kwargs)` for `vitjax.models.swin.SwinTransformer`.
+`intermediate/output.dense` names are read too) and returns a `Converted`
+(variables {'params'}, model name, kwargs) for
+`vitjax.models.swin.SwinTransformer`.
 
 Mapping (HF -> vitjax):
   embeddings.patch_embeddings.projection -> patch_embed/proj (OIHW -> HWIO)
@@ -35,14 +36,15 @@ Not supported (UserError): absolute position embeddings
 
 import math
 import re
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from vitjax.convert.common import (StateDict, cast_params, conv_to_flax,
+from vitjax.convert.common import (ParamWriter, StateDict, cast_params,
                                    count_indexed, find_prefix, flatten_params,
-                                   layernorm_to_flax, linear_to_dense,
-                                   load_state_dict, unflatten_params)
+                                   linear_to_dense, load_state_dict,
+                                   unflatten_params)
+from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.errors import UserError
 
 
@@ -58,9 +60,13 @@ def _config_dict(config) -> Dict[str, Any]:
   return dict(config)
 
 
+@register_converter(
+    family="swin", source="hf", model_types=("swin", "swinv2"),
+    architectures=("SwinForImageClassification", "SwinModel",
+                   "Swinv2ForImageClassification", "Swinv2Model"))
 def hf_swin_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **overrides
-                      ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """HF Swin / Swinv2 state dict (+ optional config) -> (params, model_kwargs)."""
+                      ) -> Converted:
+  """HF Swin / Swinv2 state dict (+ optional config) -> Converted (SwinTransformer)."""
   sd = load_state_dict(state_dict)
   cfg = _config_dict(config)
   for version, stem in ((2, "swinv2."), (1, "swin.")):
@@ -79,16 +85,10 @@ def hf_swin_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **over
     raise UserError(f"{what}: absolute position embeddings (use_absolute_embeddings="
                     "True) are not supported by vitjax's Swin.")
   s = StateDict(sd, what, prefix)
-  flat = {}
-  def put(name, tree):
-    for k, v in tree.items():
-      flat[f"{name}/{k}"] = v
-  def ln(name):
-    return layernorm_to_flax(s.take(name + ".weight"), s.take(name + ".bias"))
-
-  w = s.take("embeddings.patch_embeddings.projection.weight")
-  put("patch_embed/proj", conv_to_flax(w, s.take("embeddings.patch_embeddings.projection.bias")))
-  put("patch_embed_norm", ln("embeddings.norm"))
+  wr = ParamWriter(s)
+  flat = wr.params
+  w = wr.conv("patch_embed/proj", "embeddings.patch_embeddings.projection")
+  wr.layernorm("patch_embed_norm", "embeddings.norm")
   embed_dim, patch = w.shape[0], w.shape[2]
 
   num_stages = count_indexed(sd, re.escape(prefix + "encoder.layers.") + r"(\d+)\.")
@@ -100,8 +100,8 @@ def hf_swin_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **over
     depths.append(depth)
     for j in range(depth):
       p, t = f"encoder.layers.{i}.blocks.{j}.", f"stage_{i}_block_{j}"
-      put(f"{t}/norm1", ln(p + "layernorm_before"))
-      put(f"{t}/norm2", ln(p + "layernorm_after"))
+      wr.layernorm(f"{t}/norm1", p + "layernorm_before")
+      wr.layernorm(f"{t}/norm2", p + "layernorm_after")
       if version == 1:
         new = s.has(p + "attention.q_proj.weight")
         names = (["attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj",
@@ -115,11 +115,10 @@ def hf_swin_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **over
         qkv_bias = qb is not None
         if any(a is None for a in (qw, kw_, vw)):
           continue
-        put(f"{t}/attn/qkv", linear_to_dense(
+        wr.put(f"{t}/attn/qkv", linear_to_dense(
             np.concatenate([qw, kw_, vw]),
             np.concatenate([qb, kb, vb]) if qkv_bias else None))
-        put(f"{t}/attn/proj", linear_to_dense(s.take(p + names[3] + ".weight"),
-                                              s.take(p + names[3] + ".bias")))
+        wr.linear(f"{t}/attn/proj", p + names[3])
         table = s.take(p + names[4])
         if table is not None:
           flat[f"{t}/attn/relative_position_bias_table"] = table
@@ -133,41 +132,34 @@ def hf_swin_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **over
         qw, kw_, vw = (s.take(a + n + ".weight") for n in ("query", "key", "value"))
         if any(a is None for a in (qw, kw_, vw)):
           continue
-        put(f"{t}/attn/qkv", {"kernel": linear_to_dense(np.concatenate([qw, kw_, vw]))["kernel"]})
+        wr.put(f"{t}/attn/qkv", linear_to_dense(np.concatenate([qw, kw_, vw])))
         qb, vb = s.take(a + "query.bias", optional=True), s.take(a + "value.bias", optional=True)
         if s.has(a + "key.bias"):
           raise UserError(f"{what}: a key bias ({prefix}{a}key.bias) is not part of Swin v2.")
         qkv_bias = qb is not None
         if qkv_bias:
           flat[f"{t}/attn/q_bias"], flat[f"{t}/attn/v_bias"] = qb, vb
-        put(f"{t}/attn/proj", linear_to_dense(s.take(p + "attention.output.dense.weight"),
-                                              s.take(p + "attention.output.dense.bias")))
+        wr.linear(f"{t}/attn/proj", p + "attention.output.dense")
         scale = s.take(a + "logit_scale")
         if scale is not None:
           flat[f"{t}/attn/logit_scale"] = scale.reshape(-1)
           if j == 0:
             heads.append(scale.size)
-        put(f"{t}/attn/cpb_mlp/fc1", linear_to_dense(
-            s.take(a + "continuous_position_bias_mlp.0.weight"),
-            s.take(a + "continuous_position_bias_mlp.0.bias")))
-        put(f"{t}/attn/cpb_mlp/fc2", linear_to_dense(
-            s.take(a + "continuous_position_bias_mlp.2.weight")))
+        wr.linear(f"{t}/attn/cpb_mlp/fc1", a + "continuous_position_bias_mlp.0")
+        wr.linear(f"{t}/attn/cpb_mlp/fc2", a + "continuous_position_bias_mlp.2", bias=False)
         fc1, fc2 = "intermediate.dense", "output.dense"
-      w1 = s.take(p + fc1 + ".weight")
-      put(f"{t}/mlp/fc1", linear_to_dense(w1, s.take(p + fc1 + ".bias")))
-      put(f"{t}/mlp/fc2", linear_to_dense(s.take(p + fc2 + ".weight"),
-                                          s.take(p + fc2 + ".bias")))
+      w1 = wr.linear(f"{t}/mlp/fc1", p + fc1)
+      wr.linear(f"{t}/mlp/fc2", p + fc2)
       if w1 is not None:
         mlp_ratio = w1.shape[0] / w1.shape[1]
     if i < num_stages - 1:
       d = f"encoder.layers.{i}.downsample."
-      put(f"stage_{i + 1}_downsample/norm", ln(d + "norm"))
-      put(f"stage_{i + 1}_downsample/reduction",
-          linear_to_dense(s.take(d + "reduction.weight")))
-  put("norm", ln("layernorm"))
+      wr.layernorm(f"stage_{i + 1}_downsample/norm", d + "norm")
+      wr.linear(f"stage_{i + 1}_downsample/reduction", d + "reduction", bias=False)
+  wr.layernorm("norm", "layernorm")
   num_classes = 0
   if "classifier.weight" in sd:
-    put("head", linear_to_dense(sd["classifier.weight"], sd["classifier.bias"]))
+    wr.put("head", linear_to_dense(sd["classifier.weight"], sd["classifier.bias"]))
     s.used.update({"classifier.weight", "classifier.bias"})
     num_classes = flat["head/bias"].shape[0]
   s.finish(ignore=[r"relative_position_index$", r"relative_coords_table$",
@@ -203,7 +195,8 @@ def hf_swin_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **over
     params = adapt_window_size(params, new_window, image_size=overrides.get("image_size"),
                                model_kwargs=kwargs)
   kwargs.pop("image_size", None)
-  return cast_params(params, param_dtype), kwargs
+  from vitjax.models.swin import SwinTransformer  # pylint: disable=g-import-not-at-top
+  return converted({"params": cast_params(params, param_dtype)}, SwinTransformer, kwargs)
 
 
 def adapt_window_size(params, new_window_size: int, *, model_kwargs: Mapping[str, Any],

@@ -1,10 +1,11 @@
 """ViT / DeiT weights: Hugging Face transformers and timm <-> vitjax.
 
-Importers return `(params, model_kwargs)`: `params` is the nested dict of numpy
-arrays for `VisionTransformer(**model_kwargs).apply({'params': params}, x)`
-(x NHWC). `model_kwargs` holds everything the checkpoint fixes (widths,
-depth, heads, patch size, pooling, distillation, head size, LayerNorm
-epsilon) plus the caller's overrides.
+Importers return a `Converted` (vitjax.convert.registry): `variables`
+{'params': nested dict of numpy arrays} for
+`VisionTransformer(**model_kwargs).apply(variables, x)` (x NHWC), the
+registered `model_name` and `model_kwargs`, which hold everything the
+checkpoint fixes (widths, depth, heads, patch size, pooling, distillation,
+head size, LayerNorm epsilon) plus the caller's overrides.
 
 Overrides (keyword arguments) may set any other VisionTransformer field
 (dropout, drop_path_rate, dtype, remat, ...). They may not contradict the
@@ -33,12 +34,13 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from vitjax.convert.common import (StateDict, cast_params, conv_to_flax,
+from vitjax.convert.common import (ParamWriter, StateDict, cast_params, conv_to_flax,
                                    conv_to_torch, count_indexed, dense_to_linear,
                                    find_prefix, flatten_params, layernorm_to_flax,
                                    layernorm_to_torch, linear_to_dense,
-                                   load_state_dict, read_json_config,
+                                   load_state_dict, put_torch, read_json_config,
                                    unflatten_params)
+from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.errors import UserError
 
 # Fields the checkpoint's weights fix: an override may not change them.
@@ -103,6 +105,11 @@ def _finalize(flat: Dict[str, np.ndarray], kwargs: Dict[str, Any],
   return cast_params(unflatten_params(flat), param_dtype), kwargs
 
 
+def _converted(params, kwargs) -> Converted:
+  from vitjax.models.vit import VisionTransformer  # pylint: disable=g-import-not-at-top
+  return converted({"params": params}, VisionTransformer, kwargs)
+
+
 def _square_patch(kernel_oihw, what):
   ph, pw = kernel_oihw.shape[2:]
   if ph != pw:
@@ -118,8 +125,12 @@ def _grid_side(n: int) -> Optional[int]:
 # ----------------------------------------------------------------------------
 # Hugging Face transformers.
 
+@register_converter(
+    family="vit", source="hf", model_types=("vit", "deit"),
+    architectures=("ViTForImageClassification", "ViTModel", "DeiTForImageClassification",
+                   "DeiTForImageClassificationWithTeacher", "DeiTModel"))
 def hf_vit_to_vitjax(state_dict, config=None, *, param_dtype=np.float32,
-                     **overrides) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+                     **overrides) -> Converted:
   """Converts a Hugging Face ViT / DeiT state dict to vitjax.
 
   Handles ViTForImageClassification and ViTModel ('vit.' prefix or none,
@@ -156,15 +167,13 @@ def hf_vit_to_vitjax(state_dict, config=None, *, param_dtype=np.float32,
                     "vitjax's ViT uses the exact (erf) GELU, HF's 'gelu'.")
 
   s = StateDict(sd, what)
-  flat = {}
-  def put(name, tree):
-    for k, v in tree.items():
-      flat[f"{name}/{k}"] = v
+  wr = ParamWriter(s)
+  flat = wr.params
 
   e = prefix + "embeddings."
   w = s.take(e + "patch_embeddings.projection.weight")
   b = s.take(e + "patch_embeddings.projection.bias")
-  put("patch_embed/proj", conv_to_flax(w, b))
+  wr.put("patch_embed/proj", conv_to_flax(w, b))
   d = w.shape[0]
   flat["cls_token"] = s.take(e + "cls_token", shape=(1, 1, d))
   dist = s.take(e + "distillation_token", optional=True, shape=(1, 1, d))
@@ -175,27 +184,27 @@ def hf_vit_to_vitjax(state_dict, config=None, *, param_dtype=np.float32,
   mlp_dim, qkv_bias = None, True
   for i in range(depth):
     p = f"{prefix}{names['layer']}{i}."
-    put(f"block_{i}/norm1", layernorm_to_flax(s.take(p + names["ln1"] + ".weight"),
+    wr.put(f"block_{i}/norm1", layernorm_to_flax(s.take(p + names["ln1"] + ".weight"),
                                               s.take(p + names["ln1"] + ".bias")))
     qw = [s.take(f"{p}{names[c]}.weight") for c in "qkv"]
     qb = [s.take(f"{p}{names[c]}.bias", optional=True) for c in "qkv"]
     qkv_bias = qb[0] is not None
     if all(x is not None for x in qw) and (not qkv_bias or all(x is not None for x in qb)):
-      put(f"block_{i}/attn/qkv", linear_to_dense(
+      wr.put(f"block_{i}/attn/qkv", linear_to_dense(
           np.concatenate(qw, 0), np.concatenate(qb, 0) if qkv_bias else None))
     elif qkv_bias:
       s.missing += [f"{p}{names[c]}.bias" for c, x in zip("qkv", qb) if x is None]
-    put(f"block_{i}/attn/proj", linear_to_dense(s.take(p + names["o"] + ".weight"),
+    wr.put(f"block_{i}/attn/proj", linear_to_dense(s.take(p + names["o"] + ".weight"),
                                                 s.take(p + names["o"] + ".bias")))
-    put(f"block_{i}/norm2", layernorm_to_flax(s.take(p + names["ln2"] + ".weight"),
+    wr.put(f"block_{i}/norm2", layernorm_to_flax(s.take(p + names["ln2"] + ".weight"),
                                               s.take(p + names["ln2"] + ".bias")))
     fc1 = s.take(p + names["fc1"] + ".weight")
-    put(f"block_{i}/mlp/fc1", linear_to_dense(fc1, s.take(p + names["fc1"] + ".bias")))
-    put(f"block_{i}/mlp/fc2", linear_to_dense(s.take(p + names["fc2"] + ".weight"),
+    wr.put(f"block_{i}/mlp/fc1", linear_to_dense(fc1, s.take(p + names["fc1"] + ".bias")))
+    wr.put(f"block_{i}/mlp/fc2", linear_to_dense(s.take(p + names["fc2"] + ".weight"),
                                               s.take(p + names["fc2"] + ".bias")))
     if fc1 is not None:
       mlp_dim = fc1.shape[0]
-  put("norm", layernorm_to_flax(s.take(prefix + "layernorm.weight"),
+  wr.put("norm", layernorm_to_flax(s.take(prefix + "layernorm.weight"),
                                 s.take(prefix + "layernorm.bias")))
   s.check_missing()
 
@@ -204,9 +213,9 @@ def hf_vit_to_vitjax(state_dict, config=None, *, param_dtype=np.float32,
   if s.has(head_prefix + "cls_classifier.weight"):  # DeiT with teacher head
     if dist is None:
       raise UserError(f"{what}: cls_classifier without a distillation token.")
-    put("head", linear_to_dense(s.take(head_prefix + "cls_classifier.weight"),
+    wr.put("head", linear_to_dense(s.take(head_prefix + "cls_classifier.weight"),
                                 s.take(head_prefix + "cls_classifier.bias")))
-    put("head_dist", linear_to_dense(s.take(head_prefix + "distillation_classifier.weight"),
+    wr.put("head_dist", linear_to_dense(s.take(head_prefix + "distillation_classifier.weight"),
                                      s.take(head_prefix + "distillation_classifier.bias")))
     num_classes = flat["head/bias"].shape[0]
   elif s.has(head_prefix + "classifier.weight"):
@@ -216,17 +225,17 @@ def hf_vit_to_vitjax(state_dict, config=None, *, param_dtype=np.float32,
     if dist is not None:
       # DeiTForImageClassification: logits = classifier(class token). vitjax's
       # distilled model averages two heads: (2 W cls + 0 dist) / 2 == W cls.
-      put("head", {k: v * 2 for k, v in head.items()})
-      put("head_dist", {k: np.zeros_like(v) for k, v in head.items()})
+      wr.put("head", {k: v * 2 for k, v in head.items()})
+      wr.put("head_dist", {k: np.zeros_like(v) for k, v in head.items()})
     else:
-      put("head", head)
+      wr.put("head", head)
   if num_classes:
     ignore.append(re.escape(prefix + "pooler.dense."))  # HF classifiers skip it
   elif s.has(prefix + "pooler.dense.weight"):
     if cfg.get("pooler_act", "tanh") != "tanh" and overrides.get("representation_size", 1):
       raise UserError(f"{what}: pooler_act={cfg['pooler_act']!r} is not supported "
                       "(only tanh); pass representation_size=None to drop the pooler.")
-    put("pre_logits", linear_to_dense(s.take(prefix + "pooler.dense.weight"),
+    wr.put("pre_logits", linear_to_dense(s.take(prefix + "pooler.dense.weight"),
                                       s.take(prefix + "pooler.dense.bias")))
     representation_size = flat["pre_logits/bias"].shape[0]
   s.finish(ignore=ignore)
@@ -237,7 +246,7 @@ def hf_vit_to_vitjax(state_dict, config=None, *, param_dtype=np.float32,
       pool="cls", posemb="learn", fc_norm=False, distilled=dist is not None,
       representation_size=representation_size, qkv_bias=qkv_bias,
       layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)))
-  return _finalize(flat, kwargs, overrides, what, param_dtype)
+  return _converted(*_finalize(flat, kwargs, overrides, what, param_dtype))
 
 
 def _unwrap(params) -> Dict[str, Any]:
@@ -292,36 +301,32 @@ def vitjax_to_hf_vit(params, layout: str = "legacy") -> Dict[str, np.ndarray]:
     keys = [k for k in flat if k.startswith(name + "/")]
     used.update(keys)
     return {k[len(name) + 1:]: flat[k] for k in keys}
-  def put(name, w, b=None):
-    out[name + ".weight"] = w
-    if b is not None:
-      out[name + ".bias"] = b
 
   e = prefix + "embeddings."
   out[e + "cls_token"] = get("cls_token")
   if distilled:
     out[e + "distillation_token"] = get("dist_token")
   out[e + "position_embeddings"] = get("pos_embedding")
-  put(e + "patch_embeddings.projection", *conv_to_torch(sub("patch_embed/proj")))
+  put_torch(out, e + "patch_embeddings.projection", *conv_to_torch(sub("patch_embed/proj")))
   for i in range(depth):
     p = f"{prefix}{names['layer']}{i}."
-    put(p + names["ln1"], *layernorm_to_torch(sub(f"block_{i}/norm1")))
+    put_torch(out, p + names["ln1"], *layernorm_to_torch(sub(f"block_{i}/norm1")))
     w, b = dense_to_linear(sub(f"block_{i}/attn/qkv"))
     for c, wc, bc in zip("qkv", np.split(w, 3, 0),
                          np.split(b, 3, 0) if b is not None else (None,) * 3):
-      put(p + names[c], np.ascontiguousarray(wc), bc)
-    put(p + names["o"], *dense_to_linear(sub(f"block_{i}/attn/proj")))
-    put(p + names["ln2"], *layernorm_to_torch(sub(f"block_{i}/norm2")))
-    put(p + names["fc1"], *dense_to_linear(sub(f"block_{i}/mlp/fc1")))
-    put(p + names["fc2"], *dense_to_linear(sub(f"block_{i}/mlp/fc2")))
-  put(prefix + "layernorm", *layernorm_to_torch(sub("norm")))
+      put_torch(out, p + names[c], np.ascontiguousarray(wc), bc)
+    put_torch(out, p + names["o"], *dense_to_linear(sub(f"block_{i}/attn/proj")))
+    put_torch(out, p + names["ln2"], *layernorm_to_torch(sub(f"block_{i}/norm2")))
+    put_torch(out, p + names["fc1"], *dense_to_linear(sub(f"block_{i}/mlp/fc1")))
+    put_torch(out, p + names["fc2"], *dense_to_linear(sub(f"block_{i}/mlp/fc2")))
+  put_torch(out, prefix + "layernorm", *layernorm_to_torch(sub("norm")))
   if distilled and has_head:
-    put("cls_classifier", *dense_to_linear(sub("head")))
-    put("distillation_classifier", *dense_to_linear(sub("head_dist")))
+    put_torch(out, "cls_classifier", *dense_to_linear(sub("head")))
+    put_torch(out, "distillation_classifier", *dense_to_linear(sub("head_dist")))
   elif has_head:
-    put("classifier", *dense_to_linear(sub("head")))
+    put_torch(out, "classifier", *dense_to_linear(sub("head")))
   elif "pre_logits/kernel" in flat:
-    put("pooler.dense", *dense_to_linear(sub("pre_logits")))
+    put_torch(out, "pooler.dense", *dense_to_linear(sub("pre_logits")))
   _check_all_used(flat, used, "Hugging Face ViT/DeiT")
   return out
 
@@ -360,9 +365,9 @@ def hf_vit_config(params, model_kwargs: Mapping[str, Any]) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------
 # timm.
 
+@register_converter(family="vit", source="timm")
 def timm_vit_to_vitjax(state_dict, *, global_pool: Optional[str] = None,
-                       param_dtype=np.float32, **overrides
-                       ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+                       param_dtype=np.float32, **overrides) -> Converted:
   """Converts a timm VisionTransformer / VisionTransformerDistilled state dict.
 
   Supported: class-token models (global_pool='token'), DeiT distilled ones
@@ -389,13 +394,11 @@ def timm_vit_to_vitjax(state_dict, *, global_pool: Optional[str] = None,
     raise UserError(f"Not a {what} state dict: it has no transformer blocks "
                     f"({prefix}blocks.<i>.*).")
   s = StateDict(sd, what, prefix)
-  flat = {}
-  def put(name, tree):
-    for k, v in tree.items():
-      flat[f"{name}/{k}"] = v
+  wr = ParamWriter(s)
+  flat = wr.params
 
   w = s.take("patch_embed.proj.weight")
-  put("patch_embed/proj", conv_to_flax(w, s.take("patch_embed.proj.bias")))
+  wr.put("patch_embed/proj", conv_to_flax(w, s.take("patch_embed.proj.bias")))
   d = w.shape[0]
   cls = s.take("cls_token", optional=True, shape=(1, 1, d))
   dist = s.take("dist_token", optional=True, shape=(1, 1, d))
@@ -437,18 +440,18 @@ def timm_vit_to_vitjax(state_dict, *, global_pool: Optional[str] = None,
   mlp_dim, qkv_bias = None, True
   for i in range(depth):
     p = f"blocks.{i}."
-    put(f"block_{i}/norm1", layernorm_to_flax(s.take(p + "norm1.weight"),
+    wr.put(f"block_{i}/norm1", layernorm_to_flax(s.take(p + "norm1.weight"),
                                               s.take(p + "norm1.bias")))
     qb = s.take(p + "attn.qkv.bias", optional=True)
     qkv_bias = qb is not None
-    put(f"block_{i}/attn/qkv", linear_to_dense(s.take(p + "attn.qkv.weight"), qb))
-    put(f"block_{i}/attn/proj", linear_to_dense(s.take(p + "attn.proj.weight"),
+    wr.put(f"block_{i}/attn/qkv", linear_to_dense(s.take(p + "attn.qkv.weight"), qb))
+    wr.put(f"block_{i}/attn/proj", linear_to_dense(s.take(p + "attn.proj.weight"),
                                                 s.take(p + "attn.proj.bias")))
-    put(f"block_{i}/norm2", layernorm_to_flax(s.take(p + "norm2.weight"),
+    wr.put(f"block_{i}/norm2", layernorm_to_flax(s.take(p + "norm2.weight"),
                                               s.take(p + "norm2.bias")))
     fc1 = s.take(p + "mlp.fc1.weight")
-    put(f"block_{i}/mlp/fc1", linear_to_dense(fc1, s.take(p + "mlp.fc1.bias")))
-    put(f"block_{i}/mlp/fc2", linear_to_dense(s.take(p + "mlp.fc2.weight"),
+    wr.put(f"block_{i}/mlp/fc1", linear_to_dense(fc1, s.take(p + "mlp.fc1.bias")))
+    wr.put(f"block_{i}/mlp/fc2", linear_to_dense(s.take(p + "mlp.fc2.weight"),
                                               s.take(p + "mlp.fc2.bias")))
     if fc1 is not None:
       mlp_dim = fc1.shape[0]
@@ -456,25 +459,25 @@ def timm_vit_to_vitjax(state_dict, *, global_pool: Optional[str] = None,
   fc_norm = False
   if has_fc_norm and pool == "gap":
     fc_norm = True
-    put("fc_norm", layernorm_to_flax(s.take("fc_norm.weight"), s.take("fc_norm.bias")))
+    wr.put("fc_norm", layernorm_to_flax(s.take("fc_norm.weight"), s.take("fc_norm.bias")))
   elif has_fc_norm:
     # Class-token pooling with norm=Identity and fc_norm on the pooled token:
     # LayerNorm acts per token, so this equals vitjax's final norm.
-    put("norm", layernorm_to_flax(s.take("fc_norm.weight"), s.take("fc_norm.bias")))
+    wr.put("norm", layernorm_to_flax(s.take("fc_norm.weight"), s.take("fc_norm.bias")))
   else:
-    put("norm", layernorm_to_flax(s.take("norm.weight"), s.take("norm.bias")))
+    wr.put("norm", layernorm_to_flax(s.take("norm.weight"), s.take("norm.bias")))
 
   representation_size = None
   if s.has("pre_logits.fc.weight"):
-    put("pre_logits", linear_to_dense(s.take("pre_logits.fc.weight"),
+    wr.put("pre_logits", linear_to_dense(s.take("pre_logits.fc.weight"),
                                       s.take("pre_logits.fc.bias")))
     representation_size = flat["pre_logits/bias"].shape[0]
   num_classes = 0
   if s.has("head.weight"):
-    put("head", linear_to_dense(s.take("head.weight"), s.take("head.bias")))
+    wr.put("head", linear_to_dense(s.take("head.weight"), s.take("head.bias")))
     num_classes = flat["head/bias"].shape[0]
     if dist is not None:
-      put("head_dist", linear_to_dense(s.take("head_dist.weight"),
+      wr.put("head_dist", linear_to_dense(s.take("head_dist.weight"),
                                        s.take("head_dist.bias")))
   elif dist is not None and s.has("head_dist.weight"):
     raise UserError(f"{what}: head_dist without head.")
@@ -486,7 +489,7 @@ def timm_vit_to_vitjax(state_dict, *, global_pool: Optional[str] = None,
       fc_norm=fc_norm, distilled=dist is not None,
       representation_size=representation_size, qkv_bias=qkv_bias,
       layer_norm_eps=1e-6)
-  return _finalize(flat, kwargs, overrides, what, param_dtype)
+  return _converted(*_finalize(flat, kwargs, overrides, what, param_dtype))
 
 
 def vitjax_to_timm_vit(params) -> Dict[str, np.ndarray]:
@@ -508,31 +511,27 @@ def vitjax_to_timm_vit(params) -> Dict[str, np.ndarray]:
     keys = [k for k in flat if k.startswith(name + "/")]
     used.update(keys)
     return {k[len(name) + 1:]: flat[k] for k in keys}
-  def put(name, w, b=None):
-    out[name + ".weight"] = w
-    if b is not None:
-      out[name + ".bias"] = b
 
   for name, key in (("cls_token", "cls_token"), ("dist_token", "dist_token"),
                     ("pos_embedding", "pos_embed")):
     if name in flat:
       out[key] = get(name)
-  put("patch_embed.proj", *conv_to_torch(sub("patch_embed/proj")))
+  put_torch(out, "patch_embed.proj", *conv_to_torch(sub("patch_embed/proj")))
   for i in range(depth):
     p = f"blocks.{i}."
-    put(p + "norm1", *layernorm_to_torch(sub(f"block_{i}/norm1")))
-    put(p + "attn.qkv", *dense_to_linear(sub(f"block_{i}/attn/qkv")))
-    put(p + "attn.proj", *dense_to_linear(sub(f"block_{i}/attn/proj")))
-    put(p + "norm2", *layernorm_to_torch(sub(f"block_{i}/norm2")))
-    put(p + "mlp.fc1", *dense_to_linear(sub(f"block_{i}/mlp/fc1")))
-    put(p + "mlp.fc2", *dense_to_linear(sub(f"block_{i}/mlp/fc2")))
+    put_torch(out, p + "norm1", *layernorm_to_torch(sub(f"block_{i}/norm1")))
+    put_torch(out, p + "attn.qkv", *dense_to_linear(sub(f"block_{i}/attn/qkv")))
+    put_torch(out, p + "attn.proj", *dense_to_linear(sub(f"block_{i}/attn/proj")))
+    put_torch(out, p + "norm2", *layernorm_to_torch(sub(f"block_{i}/norm2")))
+    put_torch(out, p + "mlp.fc1", *dense_to_linear(sub(f"block_{i}/mlp/fc1")))
+    put_torch(out, p + "mlp.fc2", *dense_to_linear(sub(f"block_{i}/mlp/fc2")))
   for name, key in (("norm", "norm"), ("fc_norm", "fc_norm")):
     if f"{name}/scale" in flat:
-      put(key, *layernorm_to_torch(sub(name)))
+      put_torch(out, key, *layernorm_to_torch(sub(name)))
   for name, key in (("pre_logits", "pre_logits.fc"), ("head", "head"),
                     ("head_dist", "head_dist")):
     if f"{name}/kernel" in flat:
-      put(key, *dense_to_linear(sub(name)))
+      put_torch(out, key, *dense_to_linear(sub(name)))
   _check_all_used(flat, used, "timm ViT/DeiT")
   return out
 
