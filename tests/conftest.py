@@ -49,3 +49,8 @@ def transformers(torch):
   """HF transformers on PyTorch CPU: reference models built from configs."""
   del torch
   return pytest.importorskip("transformers")
+
+
+def pytest_configure(config):
+  """Registers the `slow` marker (deselect with -m "not slow")."""
+  config.addinivalue_line("markers", "slow: a test slower than ~20 s (-m 'not slow' skips it)")
