@@ -37,15 +37,6 @@ _DEFAULTS = dict(teacher="", kind="hard", alpha=0.5, temperature=1.0, feature_we
                  feature_key="pre_logits")
 
 
-def _teacher_config(workdir: str) -> dict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise UserError(f"config.task_kwargs.teacher={workdir!r} has no config.json: point it at "
-                    "the workdir of a finished vitjax run (the teacher).")
-  with open(path) as f:
-    return json.load(f)
-
-
 @register_task("distillation")
 class DistillationTask(ClassificationTask):
   """Classification with a frozen teacher's logits (and features) as extra targets."""
@@ -70,15 +61,11 @@ class DistillationTask(ClassificationTask):
     if not workdir:
       raise UserError("config.task_kwargs.teacher is empty: give the teacher's vitjax workdir "
                       "(e.g. a finished configs/resnet_digits.py run), or kind='none'.")
-    tcfg = _teacher_config(workdir)
-    overrides = dict(tcfg.get("model") or {})
-    for k, v in list(overrides.items()):
-      if isinstance(v, list):
-        overrides[k] = tuple(v)
-    classes = overrides.pop("num_classes", None) or info.num_classes
-    self.teacher = create_model(tcfg["model_name"], num_classes=classes, **overrides)
-    self.teacher_image_size = int(tcfg.get("input", {}).get("image_size") or
-                                  config.input.image_size)
+    from vitjax import runs  # pylint: disable=g-import-not-at-top
+    what = "config.task_kwargs.teacher"
+    tcfg = runs.read_config(workdir, what)
+    self.teacher, _ = runs.build_model(tcfg, info.num_classes)
+    self.teacher_image_size = int(tcfg.input.image_size)
     # Shapes first: a class-count mismatch is refused before anything is read or compiled.
     s = self.teacher_image_size
     shapes = jax.eval_shape(lambda: self.teacher.init(
@@ -90,9 +77,8 @@ class DistillationTask(ClassificationTask):
           f"The teacher in {workdir} predicts {logits_shape.shape[-1]} classes but the dataset "
           f"{config.dataset.name!r} has {info.num_classes}; distill from a teacher trained on "
           "the same classes.")
-    params, model_state = ckpt_lib.load_vitjax_params(workdir)
-    self.teacher_vars = {"params": params, **dict(model_state or {})}
-    self.teacher_name = tcfg["model_name"]
+    self.teacher_vars, _ = runs.load_weights(workdir, what=what)  # EMA weights if kept
+    self.teacher_name = tcfg.model_name
 
   def constants(self):
     """Passed to every train step as an argument (not baked into the program)."""

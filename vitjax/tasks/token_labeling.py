@@ -119,27 +119,20 @@ def dense_targets_from_scores(scores, grid, temperature=1.0, topk=0):
 
 def _load_teacher(kw, num_classes):
   """(teacher module, variables) from a vitjax workdir / checkpoint."""
-  from vitjax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from vitjax import runs  # pylint: disable=g-import-not-at-top
   from vitjax.models import create_model  # pylint: disable=g-import-not-at-top
-  path = kw["teacher_checkpoint"]
-  name, overrides = kw["teacher_model"], dict(kw["teacher_overrides"] or {})
-  if not name:
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.exists(cfg_path):
-      raise UserError(f"token_labeling: {cfg_path} not found; point "
-                      "task_kwargs.teacher_checkpoint at the vitjax workdir of the teacher "
-                      "run, or name the model with task_kwargs.teacher_model (and "
-                      "teacher_overrides).")
-    with open(cfg_path) as f:
-      cfg = json.load(f)
-    name = cfg["model_name"]
-    overrides = {**cfg.get("model", {}), **overrides}
-  overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-  overrides.setdefault("num_classes", num_classes)
-  teacher = create_model(name, **overrides)
-  params, state = ckpt_lib.load_vitjax_params(path)
-  variables = jax.tree.map(jnp.asarray, {"params": params, **state})
-  return teacher, variables
+  path, what = kw["teacher_checkpoint"], "config.task_kwargs.teacher_checkpoint"
+  overrides = {k: tuple(v) if isinstance(v, list) else v
+               for k, v in dict(kw["teacher_overrides"] or {}).items()}
+  if kw["teacher_model"]:  # a named model: the checkpoint alone, no config.json needed
+    teacher = create_model(kw["teacher_model"], **{"num_classes": num_classes, **overrides})
+    variables, _ = runs.load_weights(path, what=what)
+  else:
+    config = runs.read_config(path, what)
+    config.model.update(overrides)
+    run = runs.load_run(path, config=config, num_classes=num_classes, what=what)
+    teacher, variables = run.model, run.variables
+  return teacher, jax.tree.map(jnp.asarray, variables)
 
 
 @register_task("token_labeling")

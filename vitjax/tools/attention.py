@@ -86,8 +86,9 @@ def render(workdir, out_dir, image_path=None, index=0, mode="all"):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   from vitjax.errors import UserError  # pylint: disable=g-import-not-at-top
-  from vitjax.tools.probe import load_run  # pylint: disable=g-import-not-at-top
-  config, model, variables = load_run(workdir)
+  from vitjax.runs import load_run  # pylint: disable=g-import-not-at-top
+  run = load_run(workdir)
+  config, model, variables = run.config, run.model, run.variables
   s = config.input.image_size
   mean, std = np.asarray(config.input.mean), np.asarray(config.input.std)
   if image_path:

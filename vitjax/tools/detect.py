@@ -11,7 +11,6 @@ config's data set. Writes DIR/<name>.png per image; prints the paths.
 """
 
 import argparse
-import json
 import os
 
 import numpy as np
@@ -20,44 +19,18 @@ PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
            (145, 30, 180), (70, 240, 240), (240, 50, 230))
 
 
-def _tuples(x):
-  if isinstance(x, dict):
-    return {k: _tuples(v) for k, v in x.items()}
-  if isinstance(x, list):
-    return tuple(_tuples(v) for v in x)
-  return x
-
-
 def load_detector(workdir: str):
   """(config, task, variables) of a detection run in `workdir`."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from vitjax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from vitjax.config import default_config  # pylint: disable=g-import-not-at-top
+  from vitjax import runs  # pylint: disable=g-import-not-at-top
   from vitjax.errors import UserError  # pylint: disable=g-import-not-at-top
   from vitjax.tasks import get_task  # pylint: disable=g-import-not-at-top
-  from vitjax.train import build_model  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise UserError(f"{path} not found: --workdir must be a directory a vitjax run wrote.")
-  with open(path) as f:
-    stored = json.load(f)
-  if stored.get("task") != "detection":
-    raise UserError(f"{workdir} is a {stored.get('task')!r} run; detect draws the boxes of "
+  config = runs.read_config(workdir)
+  if config.task != "detection":
+    raise UserError(f"{workdir} is a {config.task!r} run; detect draws the boxes of "
                     "a 'detection' run.")
-  config = default_config()
-  config.task = "detection"
-  config.seed = stored.get("seed", 0)
-  for key in ("dataset", "input"):
-    config[key].update({k: _tuples(v) for k, v in stored.get(key, {}).items() if k in config[key]})
-  config.task_kwargs = ml_collections.ConfigDict(_tuples(stored.get("task_kwargs", {})))
-  config.model_name = stored["model_name"]
-  config.model = ml_collections.ConfigDict(_tuples(stored.get("model", {})))
-  config.eval_batch_size = stored.get("eval_batch_size", config.eval_batch_size)
-  task_cls = get_task("detection")
-  info = task_cls.dataset_info(config)
-  task = task_cls(config, info, build_model(config, info.num_classes))
-  params, state = ckpt_lib.load_vitjax_params(workdir)
-  return config, task, {"params": params, **(state or {})}
+  run = runs.load_run(workdir, config=config)
+  info = run.info or runs.dataset_info(config)
+  return config, get_task("detection")(config, info, run.model), run.variables
 
 
 def draw(image: np.ndarray, boxes, classes, scores, class_names, display: int = 256):

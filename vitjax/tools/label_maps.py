@@ -30,9 +30,10 @@ def write_label_maps(teacher_workdir: str, out: str, topk: int = 5,
   from vitjax.data.source import ArraySource  # pylint: disable=g-import-not-at-top
   from vitjax.errors import UserError  # pylint: disable=g-import-not-at-top
   from vitjax.tasks.token_labeling import teacher_score_map  # pylint: disable=g-import-not-at-top
-  from vitjax.tools.probe import load_run  # pylint: disable=g-import-not-at-top
+  from vitjax.runs import load_run  # pylint: disable=g-import-not-at-top
 
-  config, model, variables = load_run(teacher_workdir)
+  run = load_run(teacher_workdir)
+  config, model, variables = run.config, run.model, run.variables
   source = ip.make_source(config)
   if not isinstance(source, ArraySource):
     raise UserError(f"label maps need a random-access train split (digits, imagefolder); "

@@ -11,7 +11,6 @@ prints one JSON line. See vitjax.evaluators for the methods.
 """
 
 import json
-import os
 import sys
 
 from absl import app
@@ -32,37 +31,10 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of --random_init.")
 
 
 def load_run(workdir: str, random_init: bool = False, seed: int = 0):
-  """(config, model, variables) of a vitjax workdir."""
-  import flax  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from vitjax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from vitjax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from vitjax.config import default_config  # pylint: disable=g-import-not-at-top
-  from vitjax.errors import UserError  # pylint: disable=g-import-not-at-top
-  from vitjax.train import build_model  # pylint: disable=g-import-not-at-top
-
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise UserError(f"{path} not found: --workdir must be a directory a vitjax run wrote.")
-  with open(path) as f:
-    stored = json.load(f)
-  config = default_config()
-  for key in ("dataset", "input"):
-    config[key].update({k: v for k, v in stored.get(key, {}).items() if k in config[key]})
-  config.model_name = stored["model_name"]
-  config.model = ml_collections.ConfigDict(stored.get("model", {}))
-  config.eval_batch_size = stored.get("eval_batch_size", config.eval_batch_size)
-  info = data_lib.get_dataset_info(config)
-  model = build_model(config, info.num_classes)
-  s = config.input.image_size
-  if random_init:
-    variables = jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, s, s, 3)))
-  else:
-    params, state = ckpt_lib.load_vitjax_params(workdir)
-    variables = {"params": params, **(state or {})}
-  return config, model, flax.core.unfreeze(variables)
+  """(config, model, variables) of a vitjax workdir: vitjax.runs.load_run as a tuple."""
+  from vitjax import runs  # pylint: disable=g-import-not-at-top
+  run = runs.load_run(workdir, random_init=random_init, seed=seed)
+  return run.config, run.model, run.variables
 
 
 def main(argv):

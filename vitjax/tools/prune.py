@@ -35,11 +35,11 @@ def prune_run(workdir: str, ratio: float, out: str, num_batches: int = 8) -> dic
   from vitjax import data as data_lib  # pylint: disable=g-import-not-at-top
   from vitjax.compress import prune  # pylint: disable=g-import-not-at-top
   from vitjax.errors import UserError  # pylint: disable=g-import-not-at-top
-  from vitjax.tools.probe import load_run  # pylint: disable=g-import-not-at-top
+  from vitjax.runs import build_model, load_run  # pylint: disable=g-import-not-at-top
   from vitjax.tools.quantize import eval_accuracy  # pylint: disable=g-import-not-at-top
-  from vitjax.train import build_model  # pylint: disable=g-import-not-at-top
 
-  config, model, variables = load_run(workdir)
+  run = load_run(workdir)
+  config, model, variables = run.config, run.model, run.variables
   if not hasattr(model, "block_heads"):
     raise UserError(f"model {config.model_name!r}: head pruning builds the pruned model "
                     "with per-block head counts, which only the ViT / DeiT family "
@@ -68,7 +68,7 @@ def prune_run(workdir: str, ratio: float, out: str, num_batches: int = 8) -> dic
   for path, k in keep.items():
     heads[int(path[0].split("_")[1])] = len(k)
   config.model.head_counts = ",".join(str(h) for h in heads)
-  pruned_model = build_model(config, data_lib.get_dataset_info(config).num_classes)
+  pruned_model, _ = build_model(config, model.num_classes)
   new_vars = {"params": new_params, **state}
 
   s = config.input.image_size

@@ -32,8 +32,9 @@ def eval_accuracy(model, variables, config) -> float:
 def quantized_accuracy(workdir: str, bits: int = 8, per_channel: bool = True) -> dict:
   from vitjax.compress import (dequantize_params, quantize_params,  # pylint: disable=g-import-not-at-top
                                quantized_size_bytes)
-  from vitjax.tools.probe import load_run  # pylint: disable=g-import-not-at-top
-  config, model, variables = load_run(workdir)
+  from vitjax.runs import load_run  # pylint: disable=g-import-not-at-top
+  run = load_run(workdir)
+  config, model, variables = run.config, run.model, run.variables
   fp32 = eval_accuracy(model, variables, config)
   q = quantize_params(variables["params"], bits=bits, per_channel=per_channel)
   stored, full = quantized_size_bytes(q)

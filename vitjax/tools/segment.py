@@ -12,7 +12,6 @@ image | the prediction as a colour overlay | the true mask as an overlay
 """
 
 import argparse
-import json
 import os
 
 import numpy as np
@@ -34,42 +33,20 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.nd
 
 def _load(workdir: str, random_init: bool = False):
   """(config, model, variables, task name) of a segmentation / mask classification run."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from vitjax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from vitjax.config import default_config  # pylint: disable=g-import-not-at-top
+  from vitjax import runs  # pylint: disable=g-import-not-at-top
+  from vitjax.data.dense import SHAPES_CLASSES  # pylint: disable=g-import-not-at-top
   from vitjax.errors import UserError  # pylint: disable=g-import-not-at-top
-  from vitjax.train import build_model  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise UserError(f"{path} not found: --workdir must be a directory a vitjax run wrote.")
-  with open(path) as f:
-    stored = json.load(f)
-  task = stored.get("task")
+  config = runs.read_config(workdir)
+  task = config.task
   if task not in TASKS:
     raise UserError(f"{workdir} is a {task!r} run; segment draws the masks of a "
                     f"{' or '.join(repr(t) for t in TASKS)} run.")
-  config = default_config()
-  config.task = task
-  config.seed = stored.get("seed", 0)
-  for key in ("dataset", "input"):
-    config[key].update({k: v for k, v in stored.get(key, {}).items() if k in config[key]})
-  config.task_kwargs = ml_collections.ConfigDict(stored.get("task_kwargs", {}))
-  config.model_name = stored["model_name"]
-  config.model = ml_collections.ConfigDict(stored.get("model", {}))
   if config.dataset.name != "shapes":
     raise UserError(f"segment draws the embedded shapes set; this run used "
                     f"{config.dataset.name!r}.")
-  from vitjax.data.dense import SHAPES_CLASSES  # pylint: disable=g-import-not-at-top
-  model = build_model(config, len(SHAPES_CLASSES))
-  if random_init:
-    s = config.input.image_size
-    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, s, s, 3)))
-  else:
-    params, state = ckpt_lib.load_vitjax_params(workdir)
-    variables = {"params": params, **(state or {})}
-  return config, model, variables, task
+  run = runs.load_run(workdir, config=config, num_classes=len(SHAPES_CLASSES),
+                      random_init=random_init)
+  return config, run.model, run.variables, task
 
 
 def predict(config, model, variables, task: str, images: np.ndarray, mode: str = "semantic"):

@@ -14,7 +14,6 @@ SimMIM's (task_kwargs.norm_pix_loss) with each predicted cell's.
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -77,16 +76,16 @@ def make_pictures(workdir: str, out_dir: str, split: str = "test", num: int = 8,
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vitjax import data as data_lib  # pylint: disable=g-import-not-at-top
   from vitjax.errors import UserError  # pylint: disable=g-import-not-at-top
-  from vitjax.tools.probe import load_run  # pylint: disable=g-import-not-at-top
+  from vitjax import runs  # pylint: disable=g-import-not-at-top
 
-  config, model, variables = load_run(workdir)
-  with open(os.path.join(workdir, "config.json")) as f:
-    stored = json.load(f)
-  task = stored.get("task")
-  norm_pix = bool((stored.get("task_kwargs") or {}).get("norm_pix_loss", False))
+  config = runs.read_config(workdir)
+  task = config.task
+  norm_pix = bool(config.task_kwargs.get("norm_pix_loss", False))
   if task not in TASKS:
     raise UserError(f"{workdir} holds a config.task={task!r} run; pictures are for "
                     f"{' / '.join(TASKS)} checkpoints.")
+  run = runs.load_run(workdir, config=config)
+  model, variables = run.model, run.variables
   config.dataset.eval_split = split
   images = []
   for batch in data_lib.eval_iterator(config):
@@ -109,7 +108,7 @@ def make_pictures(workdir: str, out_dir: str, split: str = "test", num: int = 8,
 
 
 def main(argv=None):
-  # argparse, not absl flags: vitjax.tools.probe (imported for load_run) owns --workdir there.
+  # argparse, not absl flags (vitjax.tools.probe defines absl's --workdir).
   from vitjax.errors import UserError  # pylint: disable=g-import-not-at-top
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--workdir", required=True, help="A vitjax MAE or SimMIM workdir.")
