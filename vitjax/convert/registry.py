@@ -153,13 +153,11 @@ def converted(variables: Dict[str, Any], model_cls, model_kwargs: Dict[str, Any]
   from vitjax.models import create_model  # pylint: disable=g-import-not-at-top
   ref = model_cls(**model_kwargs)
   fields = _fields(model_cls)
-  best, best_score = None, -1
-  for name, default in _candidates(model_cls):
-    score = sum(_same(getattr(default, f), getattr(ref, f)) for f in fields)
-    if score > best_score:
-      best, best_score = name, score
-  if best is None:
+  ranked = sorted((-sum(_same(getattr(default, f), getattr(ref, f)) for f in fields),
+                   len(name), name) for name, default in _candidates(model_cls))
+  if not ranked:
     raise ValueError(f"no registered model builds {model_cls.__name__}")
+  best = ranked[0][2]  # most fields in common; on a tie the shortest name (vit_* over deit_*)
   kwargs = dict(model_kwargs)
   built = create_model(best, **kwargs)
   for f in fields:
