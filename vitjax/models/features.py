@@ -45,8 +45,8 @@ levels share a stride, the deeper one is "the map at that stride".
 
 `select_features(model, out, levels=..., strides=...)` hands a dense head the
 maps it asks for: by level index (or name), by stride, every level
-(`levels='all'`), or (neither) one map per distinct stride, fine to coarse. `select_levels` gives the same levels
-without `out` (their channels size a head's layers before any call).
+(`levels='all'`), or (neither) one map per distinct stride, fine to coarse.
+`select_levels` gives the same levels without `out` (their channels size a head's layers before any call).
 
 Dense heads build their backbone with `create_backbone(name, kwargs)`: any
 registered backbone by name, plus overrides, under the parameter name
