@@ -19,17 +19,13 @@
     out[feature_key]) (same feature width required), feature_key ('pre_logits').
 """
 
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from vitjax import checkpoint as ckpt_lib
 from vitjax.errors import UserError
-from vitjax.models import create_model
 from vitjax.tasks.base import apply_model, register_task
 from vitjax.tasks.classification import ClassificationTask, cross_entropy
 

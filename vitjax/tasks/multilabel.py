@@ -22,7 +22,6 @@ Data: any source with a multi-hot `label` [num_classes] (DatasetInfo.multi_label
 'digits_multilabel', or a TFDS set with a Sequence(ClassLabel) (voc/2007).
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax

@@ -38,8 +38,6 @@ of the MixToken box area).
 """
 
 import inspect
-import json
-import os
 
 import jax
 import jax.numpy as jnp
