@@ -104,6 +104,15 @@ def default_config() -> ml_collections.ConfigDict:
       reinit_head=True,       # a new head for the new classes (always when shapes differ)
   ))
 
+  # Device mesh and parameter sharding (vitjax/sharding.py). The default is
+  # data parallelism: every parameter replicated, the batch split over 'data'.
+  c.sharding = ml_collections.ConfigDict(dict(
+      mesh=(("data", -1),),   # ((axis, size), ...); -1: the remaining devices
+      rules=(),               # ((regex on 'params/a/b/kernel', strategy), ...): first match;
+                              # 'replicate' | 'fsdp' | a PartitionSpec tuple, e.g. (None, 'tensor')
+      fsdp_min_size=2 ** 14,  # arrays with fewer elements stay replicated under 'fsdp'
+  ))
+
   c.log_every_steps = 50
   c.eval_every_steps = 0      # 0: at the end of every epoch
   c.checkpoint_every_steps = 500

@@ -4,11 +4,12 @@ runs through `train_and_evaluate`, plugging in its loss and evaluation.
 Flow: validate config -> dataset info -> model and task from the registries ->
 optimizer -> state initialised (or restored from the workdir, or fine-tuned
 from `config.init_from`) -> jitted train step with explicit shardings over a
-data-parallel mesh -> periodic logging, evaluation and checkpoints -> final
+device mesh (config.sharding: data parallel by default, FSDP / tensor
+parallel by rules) -> periodic logging, evaluation and checkpoints -> final
 evaluation. Resume is exact: data order and RNG are functions of the step.
 """
 
-import functools
+import dataclasses
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import shutil
 import signal
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -261,33 +262,76 @@ def _init_from(config, params, model_state, model):
   return params, model_state
 
 
-def train_and_evaluate(config, workdir: str):
-  """Trains `config` in `workdir` (resuming if it holds a checkpoint).
+@dataclasses.dataclass
+class Run:
+  """A run's pieces before any array exists: the mesh, task, model, optimizer,
+  the train state's shapes and shardings. `build_run` makes it; the trainer,
+  `vitjax.tools.plan` and tests build the state and the step from it."""
+  config: Any
+  mesh: Any
+  task: Any
+  info: Any
+  model: Any
+  tx: Any
+  schedule: Any
+  total_steps: int
+  base_rng: Any
+  init_variables: Callable  # rng -> (params, other collections)
+  make_state: Callable      # (params, other collections) -> TrainState
+  state_shapes: Any         # TrainState of jax.ShapeDtypeStruct
+  state_sharding: Any       # TrainState of NamedSharding (config.sharding.rules)
 
-  Returns the final evaluation metrics (also written to metrics.jsonl).
-  """
-  mesh = shard_lib.create_mesh()
-  validate_config(config, jax.device_count(), jax.process_count())
-  _check_workdir_writable(workdir)
-  _check_workdir_config(config, workdir)
+  @property
+  def init_rng(self):
+    return jax.random.fold_in(self.base_rng, 1 << 20)
 
+  def init_state(self) -> TrainState:
+    """The initial train state, every array born with its sharding
+    (pretrained weights merged in when config.init_from names some)."""
+    init_sharding = (self.state_sharding.params, self.state_sharding.model_state)
+    params, model_state = jax.jit(self.init_variables, out_shardings=init_sharding)(
+        self.init_rng)
+    if self.config.init_from.checkpoint:
+      params, model_state = _init_from(self.config, params, model_state, self.model)
+      params, model_state = jax.device_put((params, model_state), init_sharding)
+    return jax.jit(self.make_state, out_shardings=self.state_sharding)(params, model_state)
+
+  def jit_train_step(self):
+    """(jitted step, consts): the step takes (state, batch[, consts])."""
+    config, repl = self.config, shard_lib.replicated(self.mesh)
+    step_fn = make_train_step(self.task, self.tx, self.schedule, self.base_rng,
+                              accum_steps=config.grad_accum_steps, opt_cfg=config.optimizer,
+                              ema_decay=config.ema_decay)
+    consts = self.task.constants()
+    in_shardings = (self.state_sharding, shard_lib.batch_sharding(self.mesh))
+    if consts is not None:
+      consts = jax.device_put(consts, repl)
+      in_shardings += (repl,)
+    return jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(self.state_sharding, repl),
+                   donate_argnums=(0,)), consts
+
+
+def build_run(config, mesh=None, info=None) -> Run:
+  """Validates `config` and builds its Run (traced shapes only: nothing is
+  compiled or allocated). `info` stands in for the data set's (e.g. planning
+  a run whose data is not on this machine)."""
+  shard_cfg = config.sharding
+  mesh = mesh if mesh is not None else shard_lib.create_mesh(shard_cfg.mesh)
+  # Batches must split over the data-parallel devices (all of them by default).
+  validate_config(config, shard_lib.data_size(mesh), jax.process_count())
   task_cls = get_task(config.task)
-  info = task_cls.dataset_info(config)
+  info = info if info is not None else task_cls.dataset_info(config)
   model = build_model(config, info.num_classes)
   task = task_cls(config, info, model)
   total_steps = total_train_steps(config, info)
   tx, schedule = optim.create_optimizer(config.optimizer, total_steps, model)
-  repl = shard_lib.replicated(mesh)
-  base_rng = jax.random.PRNGKey(config.seed)
 
-  def init_state(rng):
+  def init_variables(rng):
     variables = model.init({"params": rng, "dropout": rng}, task.init_inputs(), train=False)
     variables = flax.core.unfreeze(variables)
     params = variables.pop("params")
     return params, variables
 
-  init_rng = jax.random.fold_in(base_rng, 1 << 20)
-  opt = config.optimizer
   def make_state(p, ms):
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), model_state=ms,
@@ -295,19 +339,38 @@ def train_and_evaluate(config, workdir: str):
         ema_params=p if config.ema_decay else None,
         task_state=task.init_task_state(p))
 
+  base_rng = jax.random.PRNGKey(config.seed)
   # Start-up checks on the shapes: traced, not compiled or run.
-  shapes = jax.eval_shape(init_state, init_rng)
+  opt = config.optimizer
+  shapes = jax.eval_shape(init_variables, jax.random.fold_in(base_rng, 1 << 20))
   optim.check_freeze_patterns(shapes[0], opt)
   if opt.layer_decay != 1 or opt.get("freeze_depth", 0):
     optim.depth_scales(shapes[0], model, opt.layer_decay, opt.get("freeze_depth", 0))
   task.check_params(shapes[0])
-  _check_free_space(workdir, ckpt_lib.state_bytes(jax.eval_shape(make_state, *shapes)))
+  state_shapes = jax.eval_shape(make_state, *shapes)
+  state_sharding = shard_lib.state_shardings(state_shapes, mesh, shard_cfg.rules,
+                                             shard_cfg.fsdp_min_size)
+  return Run(config=config, mesh=mesh, task=task, info=info, model=model, tx=tx,
+             schedule=schedule, total_steps=total_steps, base_rng=base_rng,
+             init_variables=init_variables, make_state=make_state,
+             state_shapes=state_shapes, state_sharding=state_sharding)
 
-  params, model_state = jax.jit(init_state, out_shardings=repl)(init_rng)
-  if config.init_from.checkpoint:
-    params, model_state = _init_from(config, params, model_state, model)
-    params, model_state = jax.device_put((params, model_state), repl)
-  state = jax.jit(make_state, out_shardings=repl)(params, model_state)
+
+def train_and_evaluate(config, workdir: str):
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint).
+
+  Returns the final evaluation metrics (also written to metrics.jsonl).
+  """
+  # Problems with the config or the workdir are found before anything runs.
+  mesh = shard_lib.create_mesh(config.sharding.mesh)
+  validate_config(config, shard_lib.data_size(mesh), jax.process_count())
+  _check_workdir_writable(workdir)
+  _check_workdir_config(config, workdir)
+  run = build_run(config, mesh)
+  _check_free_space(workdir, ckpt_lib.state_bytes(run.state_shapes))
+  task, info, total_steps = run.task, run.info, run.total_steps
+  repl = shard_lib.replicated(mesh)
+  state = run.init_state()
 
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   restored = checkpointer.restore(state)
@@ -316,18 +379,8 @@ def train_and_evaluate(config, workdir: str):
     log.info("Resumed from %s at step %d", checkpointer.directory, int(state.step))
   start_step = int(state.step)
 
-  consts = task.constants()
-  step_fn = make_train_step(task, tx, schedule, base_rng, accum_steps=config.grad_accum_steps,
-                            opt_cfg=config.optimizer, ema_decay=config.ema_decay)
-  batch_sharding = shard_lib.batch_sharding(mesh)
-  if consts is None:
-    train_step = jax.jit(step_fn, in_shardings=(repl, batch_sharding),
-                         out_shardings=(repl, repl), donate_argnums=(0,))
-  else:
-    consts = jax.device_put(consts, repl)
-    jitted = jax.jit(step_fn, in_shardings=(repl, batch_sharding, repl),
-                     out_shardings=(repl, repl), donate_argnums=(0,))
-    train_step = lambda state, batch: jitted(state, batch, consts)
+  jitted, consts = run.jit_train_step()
+  train_step = jitted if consts is None else (lambda state, batch: jitted(state, batch, consts))
   eval_fn = make_eval_fn(task, repl)
 
   writer = MetricWriter(workdir, start_step=start_step)
