@@ -4,6 +4,8 @@ Every family's converter registers itself (vitjax.convert.registry):
 `get_converter(family, source)` finds it, `list_converters()` lists them, and
 each returns a `Converted` (variables, registered model name, model kwargs).
 `convert_checkpoint(path, family, source)` reads a checkpoint and runs one.
+`export_hf(workdir_or_converted, out_dir)` writes the way back: a Hugging
+Face snapshot (vitjax/convert/export.py).
 
 `load_pretrained(path_or_state_dict, source='hf'|'timm', **kw)` is the ViT /
 DeiT / MAE-encoder entry point of the trainer's `config.init_from`; it returns
@@ -15,8 +17,10 @@ import os
 from typing import Any, Dict, Tuple
 
 from vitjax.convert.common import load_state_dict
-from vitjax.convert.registry import (Converted, ConverterInfo, get_converter,
-                                     list_converters, register_converter)
+from vitjax.convert.export import export_hf
+from vitjax.convert.registry import (Converted, ConverterInfo, get_converter, get_exporter,
+                                     list_converters, list_exporters, register_converter,
+                                     register_exporter)
 from vitjax.convert.vit import (check_params, hf_vit_config, hf_vit_to_vitjax,
                                 native_image_size, timm_vit_to_vitjax,
                                 vitjax_to_hf_vit, vitjax_to_timm_vit)
@@ -95,7 +99,8 @@ def load_pretrained(path_or_state_dict, source: str = "hf", *, config=None,
 
 __all__ = [
     "SOURCES", "Converted", "ConverterInfo", "check_params", "convert_checkpoint",
-    "get_converter", "hf_vit_config", "hf_vit_to_vitjax", "list_converters",
-    "load_pretrained", "load_state_dict", "native_image_size", "register_converter",
+    "export_hf", "get_converter", "get_exporter", "hf_vit_config", "hf_vit_to_vitjax",
+    "list_converters", "list_exporters", "load_pretrained", "load_state_dict",
+    "native_image_size", "register_converter", "register_exporter",
     "timm_vit_to_vitjax", "vitjax_to_hf_vit", "vitjax_to_timm_vit",
 ]

@@ -23,17 +23,24 @@ refused with a UserError rather than converted into a different network.
 PyTorch BatchNorm (weight, bias, running_mean, running_var) maps to flax
 params (scale, bias) and batch_stats (mean, var); `num_batches_tracked` is
 dropped (flax does not count). Conv kernels go OIHW -> HWIO.
+
+The registered exporters `resnet_hf_snapshot` and `convnext_hf_snapshot` go
+the other way (BatchNorm running statistics included): a vitjax ResNet /
+ConvNeXt -> the state dict of ResNet / ConvNext(ForImageClassification|Model)
+and its config.json dict.
 """
 
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from vitjax.convert.common import (ParamWriter, StateDict, conv_to_flax, count_indexed,
+from vitjax.convert.common import (ParamWriter, StateDict, TorchWriter, conv_to_flax,
+                                   count_indexed, hf_labels,
                                    find_prefix, layernorm_to_flax,
                                    linear_to_dense, load_state_dict,
                                    read_json_config)
-from vitjax.convert.registry import Converted, converted, register_converter
+from vitjax.convert.registry import (Converted, converted, register_converter,
+                                     register_exporter)
 from vitjax.errors import UserError
 
 _NBT = (r"num_batches_tracked$",)
@@ -139,6 +146,50 @@ def hf_resnet_to_vitjax(src, config=None, **overrides) -> Converted:
   return _finalize(out, kwargs, overrides, what, ResNet)
 
 
+def _num_channels(variables, stem: str) -> int:
+  return int(variables["params"][stem]["kernel"].shape[2]) if "kernel" in (
+      variables["params"][stem]) else int(variables["params"][stem]["conv"]["kernel"].shape[2])
+
+
+@register_exporter(family="resnet", models=("ResNet",))
+def resnet_hf_snapshot(model, variables, image_size=224):
+  """A vitjax ResNet -> (HF ResNet state dict with BatchNorm statistics, config).
+
+  Refused: the small stem (3x3, no max-pool) and BatchNorm epsilons other
+  than PyTorch's 1e-5, which HF ResNet does not have.
+  """
+  del image_size
+  what = "Hugging Face ResNet"
+  if model.small_stem:
+    raise UserError(f"{what} has the 7x7/2 stem with max-pool; this model has small_stem=True.")
+  if model.bn_eps != 1e-5:
+    raise UserError(f"{what}'s BatchNorms use epsilon 1e-5; this model has bn_eps="
+                    f"{model.bn_eps}.")
+  block, depths, widths, stem_width = model.architecture()
+  t = TorchWriter(variables)
+  head = model.num_classes > 0
+  p = "resnet." if head else ""
+  t.conv_bn(p + "embedder.embedder.convolution", p + "embedder.embedder.normalization", "stem")
+  n_convs = 3 if block == "bottleneck" else 2
+  for i, n in enumerate(depths):
+    for j in range(n):
+      b, src = f"{p}encoder.stages.{i}.layers.{j}.", f"stage_{i}_block_{j}"
+      for c in range(n_convs):
+        t.conv_bn(b + f"layer.{c}.convolution", b + f"layer.{c}.normalization",
+                  f"{src}/conv{c + 1}")
+      if t.has(f"{src}/downsample"):
+        t.conv_bn(b + "shortcut.convolution", b + "shortcut.normalization", f"{src}/downsample")
+  if head:
+    t.linear("classifier.1", "head")
+  config = dict(
+      model_type="resnet", architectures=["ResNetForImageClassification" if head else "ResNetModel"],
+      num_channels=_num_channels(variables, "stem"), embedding_size=int(stem_width),
+      hidden_sizes=[int(w) for w in widths], depths=[int(d) for d in depths],
+      layer_type=block, hidden_act="relu", downsample_in_first_stage=False,
+      downsample_in_bottleneck=False)
+  return t.finish(what), {**config, **hf_labels(model.num_classes)}
+
+
 # ----------------------------------------------------------------------------
 # ConvNeXt.
 
@@ -198,6 +249,41 @@ def hf_convnext_to_vitjax(src, config=None, **overrides) -> Converted:
                 head_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)))
   from vitjax.models.convnext import ConvNeXt  # pylint: disable=g-import-not-at-top
   return _finalize(out, kwargs, overrides, what, ConvNeXt, with_stats=False)
+
+
+@register_exporter(family="convnext", models=("ConvNeXt",))
+def convnext_hf_snapshot(model, variables, image_size=224):
+  """A vitjax ConvNeXt -> (HF ConvNext state dict, config.json dict)."""
+  t = TorchWriter(variables)
+  head = model.num_classes > 0
+  p = "convnext." if head else ""
+  t.conv(p + "embeddings.patch_embeddings", "stem_conv")
+  t.layernorm(p + "embeddings.layernorm", "stem_norm")
+  for i, n in enumerate(model.depths):
+    s = f"{p}encoder.stages.{i}."
+    if i > 0:
+      t.layernorm(s + "downsampling_layer.0", f"stage_{i}_downsample_norm")
+      t.conv(s + "downsampling_layer.1", f"stage_{i}_downsample_conv")
+    for j in range(n):
+      b, src = f"{s}layers.{j}.", f"stage_{i}_block_{j}"
+      t.conv(b + "dwconv", f"{src}/dwconv")
+      t.layernorm(b + "layernorm", f"{src}/norm")
+      t.linear(b + "pwconv1", f"{src}/mlp/fc1")
+      t.linear(b + "pwconv2", f"{src}/mlp/fc2")
+      if model.layer_scale_init:
+        t.tensor(b + "layer_scale_parameter", t.get(f"{src}/layer_scale"))
+  t.layernorm(p + "layernorm", "norm")
+  if head:
+    t.linear("classifier", "head")
+  config = dict(
+      model_type="convnext",
+      architectures=["ConvNextForImageClassification" if head else "ConvNextModel"],
+      num_channels=_num_channels(variables, "stem_conv"), patch_size=int(model.patch_size),
+      num_stages=len(model.depths), hidden_sizes=[int(w) for w in model.widths],
+      depths=[int(d) for d in model.depths], hidden_act="gelu",
+      layer_scale_init_value=float(model.layer_scale_init), drop_path_rate=0.0,
+      image_size=int(image_size), layer_norm_eps=float(model.head_norm_eps))
+  return t.finish("Hugging Face ConvNeXt"), {**config, **hf_labels(model.num_classes)}
 
 
 # ----------------------------------------------------------------------------

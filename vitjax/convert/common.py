@@ -455,3 +455,98 @@ class ParamWriter:
     if batch_stats or self.batch_stats:
       out["batch_stats"] = unflatten_params(self.batch_stats)
     return out
+
+
+# ----------------------------------------------------------------------------
+# The exporters' writer.
+
+class TorchWriter:
+  """A torch state dict built from flax variables, one layer at a time.
+
+  The exporters' counterpart of `ParamWriter`: `linear` / `conv` /
+  `layernorm` / `batchnorm` read the flax layer `src` ('/'-joined, from
+  `variables['params']` and, for BatchNorm, `variables['batch_stats']`) and
+  write torch layer `dst` (weight, bias, running statistics) into `out`;
+  `tensor` copies one array. `finish(what)` refuses params nobody read (they
+  would be silently dropped from the export).
+  """
+
+  def __init__(self, variables: Mapping[str, Any]):
+    self.params = {k: np.asarray(v) for k, v in flatten_params(variables["params"]).items()}
+    self.stats = {k: np.asarray(v)
+                  for k, v in flatten_params(variables.get("batch_stats") or {}).items()}
+    self.used = set()
+    self.out: Dict[str, np.ndarray] = {}
+
+  def has(self, src: str) -> bool:
+    return src in self.params or any(k.startswith(src + "/") for k in self.params)
+
+  def get(self, src: str) -> np.ndarray:
+    """The param at `src` (marked as used)."""
+    if src not in self.params:
+      raise UserError(f"The model's params have no {src}; they do not belong to the "
+                      "module being exported.")
+    self.used.add(src)
+    return self.params[src]
+
+  def layer(self, src: str) -> Dict[str, np.ndarray]:
+    """The params under `src/` (marked as used), e.g. {'kernel', 'bias'}."""
+    keys = [k for k in self.params if k.startswith(src + "/")]
+    if not keys:
+      raise UserError(f"The model's params have no {src}/...; they do not belong to the "
+                      "module being exported.")
+    self.used.update(keys)
+    return {k[len(src) + 1:]: self.params[k] for k in keys}
+
+  def tensor(self, dst: str, x):
+    self.out[dst] = np.asarray(x, order="C")
+
+  def linear(self, dst: str, src: str):
+    """flax Dense `src` -> torch Linear `dst`; returns the torch weight."""
+    w, b = dense_to_linear(self.layer(src))
+    put_torch(self.out, dst, w, b)
+    return w
+
+  def conv(self, dst: str, src: str):
+    """flax Conv `src` -> torch Conv `dst`; returns the torch weight."""
+    w, b = conv_to_torch(self.layer(src))
+    put_torch(self.out, dst, w, b)
+    return w
+
+  def layernorm(self, dst: str, src: str):
+    """flax LayerNorm {scale, bias} `src` -> torch LayerNorm (weight, bias) `dst`."""
+    put_torch(self.out, dst, *layernorm_to_torch(self.layer(src)))
+
+  def batchnorm(self, dst: str, src: str):
+    """flax BatchNorm params + batch_stats `src` -> torch BatchNorm `dst` (running
+    statistics included; num_batches_tracked 0)."""
+    if f"{src}/mean" not in self.stats:
+      raise UserError(f"The model's variables have no batch_stats for {src}; export the "
+                      "variables with their 'batch_stats' collection.")
+    p = self.layer(src)
+    put_torch(self.out, dst, p["scale"], p["bias"])
+    self.out[dst + ".running_mean"] = self.stats[f"{src}/mean"]
+    self.out[dst + ".running_var"] = self.stats[f"{src}/var"]
+    self.out[dst + ".num_batches_tracked"] = np.zeros((), np.int64)
+
+  def conv_bn(self, dst_conv: str, dst_bn: str, src: str):
+    """vitjax ConvBN `src` (`src/conv`, `src/bn`) -> a torch conv and BatchNorm."""
+    self.conv(dst_conv, src + "/conv")
+    self.batchnorm(dst_bn, src + "/bn")
+
+  def finish(self, what: str) -> Dict[str, np.ndarray]:
+    """The state dict; raises if any param was not written."""
+    rest = sorted(set(self.params) - self.used)
+    if rest:
+      raise UserError(f"These params have no place in a {what} state dict: "
+                      f"{_short_list(rest)}. The model is a variant {what} does not have.")
+    return self.out
+
+
+def hf_labels(num_classes: int) -> Dict[str, Any]:
+  """config.json's id2label / label2id for `num_classes` classes (LABEL_i; export_hf
+  puts a run's class names in)."""
+  if not num_classes:
+    return {}
+  return {"id2label": {str(i): f"LABEL_{i}" for i in range(num_classes)},
+          "label2id": {f"LABEL_{i}": i for i in range(num_classes)}}

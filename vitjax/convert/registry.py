@@ -15,6 +15,16 @@ the variables belong to. HF converters take `(state_dict, config=None,
 `get_converter(family, source)` finds one, `list_converters()` lists them all;
 for HF converters `model_types` / `architectures` name the config.json values
 (`model_type`, `architectures`) they read.
+
+The way back: an exporter registers next to its family's converter,
+
+  @register_exporter(family="swin", models=("SwinTransformer",))
+  def swin_hf_snapshot(model, variables, image_size) -> (state_dict, config): ...
+
+and turns a vitjax module (of one of the named classes) and its variables
+into a Hugging Face state dict (numpy arrays, the Hub's tensor names) and the
+config.json dict `from_pretrained` reads; `get_exporter(model)` finds it,
+`vitjax.convert.export_hf` writes the snapshot.
 """
 
 import dataclasses
@@ -105,6 +115,50 @@ def get_converter(family: str, source: str = "hf") -> ConverterInfo:
     raise UserError(f"No converter for family {family!r} from source {source!r}.{hint} "
                     f"Registered: {', '.join(have)}.")
   return _REGISTRY[(family, source)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExporterInfo:
+  """A registered exporter: (module, variables, image_size) -> (HF state dict, config)."""
+  family: str
+  models: Tuple[str, ...]  # class names of the vitjax modules it writes
+  fn: Callable[..., Tuple[Dict[str, Any], Dict[str, Any]]]
+
+  def __call__(self, *args, **kwargs):
+    return self.fn(*args, **kwargs)
+
+
+_EXPORTERS: Dict[str, ExporterInfo] = {}
+
+
+def register_exporter(*, family: str, models: Tuple[str, ...]):
+  """Decorator: registers the Hugging Face exporter of `family` for modules of
+  the classes named in `models`."""
+  def wrap(fn):
+    for cls in models:
+      if cls in _EXPORTERS and _EXPORTERS[cls].fn is not fn:
+        raise ValueError(f"exporter for {cls} registered twice")
+      _EXPORTERS[cls] = ExporterInfo(family, tuple(models), fn)
+    return fn
+  return wrap
+
+
+def list_exporters() -> List[ExporterInfo]:
+  """Every registered Hugging Face exporter, one per family, sorted by family."""
+  _load_all()
+  return sorted({info.family: info for info in _EXPORTERS.values()}.values(),
+                key=lambda info: info.family)
+
+
+def get_exporter(model) -> ExporterInfo:
+  """The Hugging Face exporter for the vitjax module `model`."""
+  _load_all()
+  cls = type(model).__name__
+  if cls not in _EXPORTERS:
+    have = ", ".join(f"{i.family} ({', '.join(i.models)})" for i in list_exporters())
+    raise UserError(f"No Hugging Face exporter for {cls} models; the families with one are: "
+                    f"{have}.")
+  return _EXPORTERS[cls]
 
 
 # ----------------------------------------------------------------------------

@@ -25,16 +25,23 @@ Mapping (transformers 5.x -> vitjax), with S = segformer.stages.{i}:
 Widths, depths, kernel sizes, reductions, MLP ratios and the decoder width
 are read from the weights; heads and strides from the config (defaults: the
 released models' (1, 2, 5, 8) and (4, 2, 2, 2)).
+
+`segformer_hf_snapshot` (registered exporter) goes the other way: a vitjax
+SegFormer -> a SegformerForSemanticSegmentation state dict in the Hub's
+(transformers 4) names, which transformers 5 renames on load, with the
+decoder's BatchNorm statistics, and its config.json dict.
 """
 
 import re
 
 import numpy as np
 
-from vitjax.convert.common import (ParamWriter, StateDict, cast_params, count_indexed,
+from vitjax.convert.common import (ParamWriter, StateDict, TorchWriter, cast_params,
+                                   count_indexed, hf_labels,
                                    linear_to_dense, load_state_dict, read_json_config,
                                    unflatten_params)
-from vitjax.convert.registry import Converted, converted, register_converter
+from vitjax.convert.registry import (Converted, converted, register_converter,
+                                     register_exporter)
 from vitjax.errors import UserError
 
 # Hub (transformers 4.x) names -> transformers 5.x names.
@@ -148,4 +155,64 @@ def hf_segformer_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, *
   return converted({"params": params, "batch_stats": batch_stats}, SegFormer, kwargs)
 
 
-__all__ = ["hf_segformer_to_vitjax"]
+@register_exporter(family="segformer", models=("SegFormer",))
+def segformer_hf_snapshot(model, variables, image_size=512):
+  """A vitjax SegFormer -> (HF SegformerForSemanticSegmentation state dict, config).
+
+  Refused: LayerNorm / BatchNorm epsilons other than PyTorch's 1e-5 (HF's
+  SegFormer fixes them).
+  """
+  del image_size
+  what = "Hugging Face SegFormer"
+  if model.layer_norm_eps != 1e-5 or model.bn_eps != 1e-5:
+    raise UserError(f"{what} uses LayerNorm and BatchNorm epsilon 1e-5; this model has "
+                    f"layer_norm_eps={model.layer_norm_eps}, bn_eps={model.bn_eps}.")
+  t = TorchWriter(variables)
+  n = len(model.depths)
+  for i in range(n):
+    e, src = "segformer.encoder.", f"encoder/stage_{i}"
+    t.conv(f"{e}patch_embeddings.{i}.proj", f"{src}_patch_embed")
+    t.layernorm(f"{e}patch_embeddings.{i}.layer_norm", f"{src}_patch_embed_norm")
+    for j in range(model.depths[i]):
+      b, blk = f"{e}block.{i}.{j}.", f"{src}_block_{j}"
+      a = b + "attention.self."
+      t.layernorm(b + "layer_norm_1", f"{blk}/norm1")
+      t.layernorm(b + "layer_norm_2", f"{blk}/norm2")
+      t.linear(a + "query", f"{blk}/attn/q")
+      kv = t.layer(f"{blk}/attn/kv")
+      weights = np.split(np.asarray(kv["kernel"]).T, 2)
+      biases = np.split(np.asarray(kv["bias"]), 2) if "bias" in kv else (None, None)
+      for name, w, bias in zip(("key", "value"), weights, biases):
+        t.tensor(a + name + ".weight", w)
+        if bias is not None:
+          t.tensor(a + name + ".bias", bias)
+      t.linear(b + "attention.output.dense", f"{blk}/attn/proj")
+      if model.sr_ratios[i] > 1:
+        t.conv(a + "sr", f"{blk}/attn/sr")
+        t.layernorm(a + "layer_norm", f"{blk}/attn/norm")
+      t.linear(b + "mlp.dense1", f"{blk}/mlp/fc1")
+      t.conv(b + "mlp.dwconv.dwconv", f"{blk}/mlp/dwconv")
+      t.linear(b + "mlp.dense2", f"{blk}/mlp/fc2")
+    t.layernorm(f"{e}layer_norm.{i}", f"{src}_norm")
+  for i in range(n):
+    t.linear(f"decode_head.linear_c.{i}.proj", f"decode_linear_{i}")
+  t.conv("decode_head.linear_fuse", "decode_fuse/conv")
+  t.batchnorm("decode_head.batch_norm", "decode_fuse/bn")
+  t.conv("decode_head.classifier", "head")
+  config = dict(
+      model_type="segformer", architectures=["SegformerForSemanticSegmentation"],
+      num_channels=int(variables["params"]["encoder"]["stage_0_patch_embed"]["kernel"].shape[2]),
+      num_encoder_blocks=n, depths=[int(d) for d in model.depths],
+      sr_ratios=[int(r) for r in model.sr_ratios],
+      hidden_sizes=[int(d) for d in model.embed_dims],
+      patch_sizes=[int(p) for p in model.patch_sizes], strides=[int(s) for s in model.strides],
+      num_attention_heads=[int(h) for h in model.num_heads],
+      mlp_ratios=[int(r) if float(r).is_integer() else float(r) for r in model.mlp_ratios],
+      hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+      classifier_dropout_prob=float(model.dropout), drop_path_rate=0.0,
+      decoder_hidden_size=int(model.decoder_dim), qkv_bias=bool(model.qkv_bias),
+      **hf_labels(model.num_classes))
+  return t.finish(what), config
+
+
+__all__ = ["hf_segformer_to_vitjax", "segformer_hf_snapshot"]

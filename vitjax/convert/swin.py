@@ -32,6 +32,11 @@ allowed: v1 bias tables are resampled (`adapt_window_size`, bicubic), v2
 needs nothing (its position bias is an MLP of coordinates).
 Not supported (UserError): absolute position embeddings
 (use_absolute_embeddings=True) and the masked-image-modelling variants.
+
+`swin_hf_snapshot` (registered exporter) goes the other way: a vitjax
+SwinTransformer -> the state dict of Swin(v2)ForImageClassification (or
+Swin(v2)Model without a head) in the Hub's tensor names, which transformers 4
+and 5 both load, and its config.json dict.
 """
 
 import math
@@ -40,11 +45,12 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from vitjax.convert.common import (ParamWriter, StateDict, cast_params,
-                                   count_indexed, find_prefix, flatten_params,
+from vitjax.convert.common import (ParamWriter, StateDict, TorchWriter, cast_params,
+                                   count_indexed, find_prefix, flatten_params, hf_labels,
                                    linear_to_dense, load_state_dict,
                                    unflatten_params)
-from vitjax.convert.registry import Converted, converted, register_converter
+from vitjax.convert.registry import (Converted, converted, register_converter,
+                                     register_exporter)
 from vitjax.errors import UserError
 
 
@@ -219,4 +225,70 @@ def adapt_window_size(params, new_window_size: int, *, model_kwargs: Mapping[str
   return unflatten_params(out)
 
 
-__all__ = ["adapt_window_size", "hf_swin_to_vitjax"]
+@register_exporter(family="swin", models=("SwinTransformer",))
+def swin_hf_snapshot(model, variables, image_size=224):
+  """A vitjax SwinTransformer (v1 or v2) -> (HF state dict, config.json dict).
+
+  image_size: what the config records (HF Swin runs on any size; its windows
+  are clamped to the maps as vitjax's are).
+  """
+  v2 = model.version == 2
+  what = f"Hugging Face Swin{'v2' if v2 else ''}"
+  t = TorchWriter(variables)
+  head = model.num_classes > 0
+  p = ("swinv2." if v2 else "swin.") if head else ""
+  t.conv(p + "embeddings.patch_embeddings.projection", "patch_embed/proj")
+  t.layernorm(p + "embeddings.norm", "patch_embed_norm")
+  for i, depth in enumerate(model.depths):
+    for j in range(depth):
+      b, src = f"{p}encoder.layers.{i}.blocks.{j}.", f"stage_{i}_block_{j}"
+      a = b + "attention.self."
+      t.layernorm(b + "layernorm_before", f"{src}/norm1")
+      t.layernorm(b + "layernorm_after", f"{src}/norm2")
+      qkv = t.layer(f"{src}/attn/qkv")
+      weights = np.split(np.asarray(qkv["kernel"]).T, 3)
+      biases = np.split(np.asarray(qkv["bias"]), 3) if "bias" in qkv else (None,) * 3
+      if v2:
+        biases = (t.get(f"{src}/attn/q_bias"), None, t.get(f"{src}/attn/v_bias")) if (
+            model.qkv_bias) else (None,) * 3
+      for name, w, bias in zip(("query", "key", "value"), weights, biases):
+        t.tensor(a + name + ".weight", w)
+        if bias is not None:
+          t.tensor(a + name + ".bias", bias)
+      t.linear(b + "attention.output.dense", f"{src}/attn/proj")
+      if v2:
+        t.tensor(a + "logit_scale", t.get(f"{src}/attn/logit_scale").reshape(-1, 1, 1))
+        t.linear(a + "continuous_position_bias_mlp.0", f"{src}/attn/cpb_mlp/fc1")
+        t.linear(a + "continuous_position_bias_mlp.2", f"{src}/attn/cpb_mlp/fc2")
+      else:
+        t.tensor(a + "relative_position_bias_table",
+                 t.get(f"{src}/attn/relative_position_bias_table"))
+      t.linear(b + "intermediate.dense", f"{src}/mlp/fc1")
+      t.linear(b + "output.dense", f"{src}/mlp/fc2")
+    if i + 1 < len(model.depths):
+      d = f"{p}encoder.layers.{i}.downsample."
+      t.layernorm(d + "norm", f"stage_{i + 1}_downsample/norm")
+      t.linear(d + "reduction", f"stage_{i + 1}_downsample/reduction")
+  t.layernorm(p + "layernorm", "norm")
+  if head:
+    t.linear("classifier", "head")
+  sd = t.finish(what)
+  arch = ("Swinv2" if v2 else "Swin") + ("ForImageClassification" if head else "Model")
+  config = dict(
+      model_type="swinv2" if v2 else "swin", architectures=[arch],
+      image_size=int(image_size), patch_size=int(model.patch_size), num_channels=int(
+          variables["params"]["patch_embed"]["proj"]["kernel"].shape[2]),
+      embed_dim=int(model.embed_dim), depths=[int(d) for d in model.depths],
+      num_heads=[int(h) for h in model.num_heads], window_size=int(model.window_size),
+      mlp_ratio=float(model.mlp_ratio), qkv_bias=bool(model.qkv_bias), hidden_act="gelu",
+      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, drop_path_rate=0.0,
+      use_absolute_embeddings=False, layer_norm_eps=float(model.layer_norm_eps),
+      encoder_stride=int(model.patch_size) * 2 ** (len(model.depths) - 1),
+      **hf_labels(model.num_classes))
+  if v2:
+    config["pretrained_window_sizes"] = [
+        int(w) for w in model.pretrained_window_sizes][:len(model.depths)]
+  return sd, config
+
+
+__all__ = ["adapt_window_size", "hf_swin_to_vitjax", "swin_hf_snapshot"]

@@ -40,7 +40,8 @@ from vitjax.convert.common import (ParamWriter, StateDict, cast_params, conv_to_
                                    layernorm_to_torch, linear_to_dense,
                                    load_state_dict, put_torch, read_json_config,
                                    unflatten_params)
-from vitjax.convert.registry import Converted, converted, register_converter
+from vitjax.convert.registry import (Converted, converted, register_converter,
+                                     register_exporter)
 from vitjax.errors import UserError
 
 # Fields the checkpoint's weights fix: an override may not change them.
@@ -360,6 +361,25 @@ def hf_vit_config(params, model_kwargs: Mapping[str, Any]) -> Dict[str, Any]:
     cfg["pooler_output_size"] = int(flat["pre_logits/bias"].shape[0])
     cfg["pooler_act"] = "tanh"
   return cfg
+
+
+@register_exporter(family="vit", models=("VisionTransformer",))
+def vit_hf_snapshot(model, variables, image_size=None):
+  """A vitjax ViT / DeiT -> (HF state dict, config.json dict) for `export_hf`.
+
+  The image size is the position embedding's (`image_size` is not used).
+  Refused: per-block head counts (a pruned model) and stacked blocks
+  (scan_blocks=True): Hugging Face ViT has neither.
+  """
+  del image_size
+  if model.head_counts or model.scan_blocks:
+    raise UserError("Hugging Face ViT has one head count for every block and one module "
+                    "per block; this model has head_counts / scan_blocks set. Export a "
+                    "model without them.")
+  kwargs = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+            if f.name not in ("parent", "name")}
+  params = variables["params"]
+  return vitjax_to_hf_vit(params), hf_vit_config(params, kwargs)
 
 
 # ----------------------------------------------------------------------------
