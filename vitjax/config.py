@@ -57,11 +57,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.total_steps = 0
 
   c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw",           # 'adamw' | 'sgd'
+      name="adamw",           # 'adamw' | 'sgd' | 'adafactor' (factored 2nd moments)
       learning_rate=1e-3,     # peak
       weight_decay=1e-4,      # decoupled (AdamW) / L2 (SGD); never on norms, biases, pos/cls
       b1=0.9, b2=0.999, eps=1e-8,
       momentum=0.9, nesterov=False,   # sgd
+      state_dtype="",         # '' | 'bfloat16': the first moments' dtype (adamw, adafactor)
       schedule="cosine",      # 'cosine' | 'linear' | 'constant'
       warmup_steps=0,
       end_learning_rate=0.0,
@@ -99,8 +100,10 @@ def default_config() -> ml_collections.ConfigDict:
 
   # Fine-tuning: start from a checkpoint and replace the head.
   c.init_from = ml_collections.ConfigDict(dict(
-      checkpoint="",          # vitjax workdir / checkpoint dir, or a .safetensors file
-      source="vitjax",        # 'vitjax' | 'hf' | 'timm'
+      checkpoint="",          # vitjax workdir / checkpoint dir, an HF snapshot folder,
+                              # a .safetensors file, or hf:<org>/<name> (offline HF cache)
+      source="vitjax",        # 'vitjax' | 'auto' (family from config.json / tensor names)
+                              # | 'hf' | 'timm'
       reinit_head=True,       # a new head for the new classes (always when shapes differ)
   ))
 
@@ -174,8 +177,12 @@ def validate_config(config, num_devices: int, num_processes: int = 1):
           f"config.{name}={b} is not divisible by the {num_devices} devices "
           f"({num_processes} process(es)). Use a multiple of {num_devices}, e.g. "
           f"--config.{name}={lo} or {lo + num_devices}.")
-  if config.optimizer.name not in ("adamw", "sgd"):
-    raise UserError(f"config.optimizer.name={config.optimizer.name!r}: use 'adamw' or 'sgd'.")
+  if config.optimizer.name not in ("adamw", "sgd", "adafactor"):
+    raise UserError(f"config.optimizer.name={config.optimizer.name!r}: use 'adamw', 'sgd' "
+                    "or 'adafactor'.")
+  if config.optimizer.get("state_dtype") not in ("", "bfloat16", "float32"):
+    raise UserError(f"config.optimizer.state_dtype={config.optimizer.state_dtype!r}: use '' "
+                    "(float32) or 'bfloat16' (first moments in half precision).")
   if config.optimizer.schedule not in ("cosine", "linear", "constant"):
     raise UserError(f"config.optimizer.schedule={config.optimizer.schedule!r}: use "
                     "'cosine', 'linear' or 'constant'.")
@@ -196,9 +203,9 @@ def validate_config(config, num_devices: int, num_processes: int = 1):
     raise UserError(f"config.optimizer.layer_decay={config.optimizer.layer_decay}: use a "
                     "value in (0, 1] (1 = off; 0.65-0.75 is usual for ViT fine-tuning).")
   _validate_augment(config)
-  if config.init_from.source not in ("vitjax", "hf", "timm"):
+  if config.init_from.source not in ("vitjax", "auto", "hf", "timm"):
     raise UserError(f"config.init_from.source={config.init_from.source!r}: use "
-                    "'vitjax', 'hf' or 'timm'.")
+                    "'vitjax', 'auto', 'hf' or 'timm'.")
 
 
 # ---------------------------------------------------------------------------

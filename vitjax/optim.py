@@ -62,9 +62,18 @@ def create_optimizer(opt_cfg, total_steps: int, model=None):
   parts = []
   if opt_cfg.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(opt_cfg.grad_clip_norm))
+  state_dtype = opt_cfg.get("state_dtype") or None  # e.g. 'bfloat16': first moments
   if opt_cfg.name == "adamw":
     parts.append(optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
-                             weight_decay=wd, mask=weight_decay_mask))
+                             weight_decay=wd, mask=weight_decay_mask, mu_dtype=state_dtype))
+  elif opt_cfg.name == "adafactor":
+    # Factored second moments (Shazeer & Stern 2018); as for ViT-g (Zhai et al. 2022,
+    # Sec. 3.4) the first moment is kept (b1) and may be stored in bfloat16 (state_dtype).
+    parts.append(optax.adafactor(
+        schedule, decay_rate=opt_cfg.b2, momentum=opt_cfg.b1 or None,
+        multiply_by_parameter_scale=False, dtype_momentum=state_dtype or jnp.float32,
+        weight_decay_rate=wd if opt_cfg.weight_decay else None,
+        weight_decay_mask=weight_decay_mask))
   else:
     if opt_cfg.weight_decay:
       parts.append(optax.add_decayed_weights(wd, mask=weight_decay_mask))

@@ -26,7 +26,7 @@ from vitjax.models.layers import (Attention, DropPath, Mlp, PatchEmbed, apply_ma
 from vitjax.compress.tome import merge_tokens
 from vitjax.errors import UserError
 from vitjax.models.features import FeatureLevel
-from vitjax.models.registry import register_model
+from vitjax.models.registry import register_checkpoint_fix, register_model
 
 
 class EncoderBlock(nn.Module):
@@ -94,8 +94,12 @@ class VisionTransformer(nn.Module):
   fc_norm: with 'gap', apply the final LayerNorm after pooling (timm layout)
     instead of before it (big_vision layout).
   distilled: DeiT's extra distillation token and second head.
-  posemb_interpolate: a learned posemb is resampled (bicubic) at call time to
-    an input of another patch grid instead of refused (DINO's multi-crop).
+  posemb_interpolate: a learned posemb is resampled at call time to an input
+    of another patch grid instead of refused (DINO's multi-crop, dense heads
+    on images of any size), exactly as HF's `interpolate_pos_encoding=True`:
+    PyTorch bicubic (a = -0.75, align_corners=False) from the stored square
+    grid. A side the patch size does not divide is floored (the strided
+    patch conv drops the remainder, as HF and timm).
   num_classes: 0 gives no head (logits are the pre-logits).
   attention_impl: how attention is computed ('einsum', 'fused', 'xla',
     'cudnn', 'chunked', 'auto'; see layers/attention.py); same parameters
@@ -193,7 +197,7 @@ class VisionTransformer(nn.Module):
     self.setup_checks()
     out = {}
     deterministic = not train
-    x = PatchEmbed(self.patch_size, self.hidden_size, dtype=self.dtype,
+    x = PatchEmbed(self.patch_size, self.hidden_size, dtype=self.dtype, remainder="floor",
                    name="patch_embed")(images.astype(self.dtype))
     out["stem"] = x
     b, h, w, d = x.shape
@@ -217,12 +221,15 @@ class VisionTransformer(nn.Module):
         pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
                         (1, n_prefix + h * w, d))
       if pe.shape[1] != n_prefix + h * w and self.posemb_interpolate:
-        pe = resample_posemb(pe, (h, w), n_prefix, method="bicubic")
+        pe = resample_posemb(pe, (h, w), n_prefix, method="bicubic_torch")
       if pe.shape[1] != n_prefix + h * w:
-        raise ValueError(
-            f"pos_embedding has {pe.shape[1]} tokens but the input gives "
-            f"{n_prefix}+{h}x{w}; resample it with vitjax.models.layers.resample_posemb "
-            "(vitjax.checkpoint does this when fine-tuning at a new resolution).")
+        raise UserError(
+            f"pos_embedding has {pe.shape[1]} tokens but the {images.shape[1]}x"
+            f"{images.shape[2]} input gives {n_prefix}+{h}x{w}: set "
+            "--config.model.posemb_interpolate=True to resample it at call time (HF's "
+            "interpolate_pos_encoding), or resample the checkpoint with "
+            "vitjax.models.layers.resample_posemb (vitjax.checkpoint does this when "
+            "fine-tuning at a new resolution).")
       x = jnp.concatenate(prefix + [x], axis=1) + pe.astype(x.dtype)
     else:
       x = x + sincos_posemb_2d(h, w, d).astype(x.dtype)
@@ -294,16 +301,34 @@ class VisionTransformer(nn.Module):
     return logits.astype(jnp.float32), out
 
 
-# Widths, depths, MLP widths and heads: ViT paper Table 1 (B, L, H) and
-# DeiT Table 1 / AugReg (Ti, S).
+@register_checkpoint_fix(VisionTransformer)
+def fix_pos_embedding(key, value, shape, model):
+  """Fine-tuning at a new resolution: a learned position embedding of another
+  grid is resampled to the model's grid, its prefix tokens (class / distillation
+  token, `model.num_prefix_tokens`, or 1 for pool='cls') kept as they are."""
+  if not key.endswith("pos_embedding") or len(shape) != 3 or value.shape[-1] != shape[-1]:
+    return None
+  prefix = getattr(model, "num_prefix_tokens", None)
+  if prefix is None:
+    prefix = int(getattr(model, "pool", "cls") == "cls")
+  side = int(round((shape[1] - prefix) ** 0.5))
+  if side * side != shape[1] - prefix:
+    return None
+  return resample_posemb(value, (side, side), prefix)
+
+
+# Widths, depths, MLP widths and heads: ViT paper Table 1 (B, L, H),
+# DeiT Table 1 / AugReg (Ti, S) and Scaling ViTs (Zhai et al. 2022) Table 2 (g).
 VIT_SIZES = {
     "tiny": dict(hidden_size=192, depth=12, mlp_dim=768, num_heads=3),
     "small": dict(hidden_size=384, depth=12, mlp_dim=1536, num_heads=6),
     "base": dict(hidden_size=768, depth=12, mlp_dim=3072, num_heads=12),
     "large": dict(hidden_size=1024, depth=24, mlp_dim=4096, num_heads=16),
     "huge": dict(hidden_size=1280, depth=32, mlp_dim=5120, num_heads=16),
+    "giant": dict(hidden_size=1408, depth=40, mlp_dim=6144, num_heads=16),
 }
-SHORT_NAMES = {"Ti": "tiny", "S": "small", "B": "base", "L": "large", "H": "huge"}
+SHORT_NAMES = {"Ti": "tiny", "S": "small", "B": "base", "L": "large", "H": "huge",
+               "g": "giant"}
 
 
 def vit_kwargs(variant: str):

@@ -13,6 +13,7 @@ The trainer (`vitjax/train.py`) calls, in this order:
   Task.dataset_info(config)             classmethod -> info (num_classes, sizes)
   task = Task(config, info, model)
   task.init_inputs()                    dummy inputs for model.init
+  task.example_batch(batch_size)        shapes of a train batch (planning, no data)
   task.check_params(param_shapes)       start-up checks on the parameter shapes
   task.init_task_state(params)          the task's own state in TrainState, or None
   task.constants()                      pytree passed to every step, or None
@@ -168,6 +169,13 @@ class Task(abc.ABC):
         self.source_config(config), process_index=process_index, process_count=process_count)
 
   # -- model and state -------------------------------------------------------
+
+  def example_batch(self, batch_size: int):
+    """Shapes of one global train batch (jax.ShapeDtypeStruct), for planning
+    memory and compiling without data: images and int labels by default."""
+    s = self.config.input.image_size
+    return {"image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
+            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 
   def init_inputs(self):
     """Dummy inputs for model.init: one image of config.input.image_size."""
