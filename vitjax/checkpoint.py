@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+import types
 
 import flax
 import jax
@@ -21,7 +22,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vitjax.errors import UserError
-from vitjax.models.layers import resample_posemb, resample_relative_position_bias_table
 
 log = logging.getLogger(__name__)
 
@@ -279,19 +279,28 @@ def load_vitjax_params(path: str):
 
 
 def merge_params(init, loaded, *, reinit_head: bool = True, num_prefix_tokens: int = 1,
-                 head_names=("head", "head_dist")):
+                 head_names=("head", "head_dist"), model=None, head_keys=None):
   """Fine-tuning init: `loaded` params into the structure of `init`.
 
   The head is replaced by the fresh one when `reinit_head` or when its shape
-  differs (new classes); a learned position embedding of another grid size is
-  resampled, and so is a Swin relative-position-bias table of another window
-  size; any other missing or mis-shaped parameter is an error that names it.
+  differs (new classes). The head is `head_keys` ('a/b/c' paths, see
+  `class_dependent_keys`) when given, else the top-level `head_names`. Any
+  other parameter of another shape goes through the model family's checkpoint
+  fixes, registered next to the model (vitjax.models.registry
+  .register_checkpoint_fix: a ViT's position embedding of another grid, a Swin
+  v1 bias table of another window); `model=None` tries every family's fixes
+  (position embeddings with `num_prefix_tokens` prefix tokens). Any other
+  missing or mis-shaped parameter is an error that names it.
   """
+  from vitjax.models.registry import checkpoint_fixes  # pylint: disable=g-import-not-at-top
+  fixes = checkpoint_fixes(model)
+  target = model if model is not None else types.SimpleNamespace(
+      num_prefix_tokens=num_prefix_tokens)
   init_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(init), sep="/")
   loaded_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(loaded), sep="/")
   out, problems = {}, []
   for key, fresh in init_flat.items():
-    is_head = key.split("/")[0] in head_names
+    is_head = key in head_keys if head_keys is not None else key.split("/")[0] in head_names
     if is_head and (reinit_head or key not in loaded_flat or
                     np.shape(loaded_flat[key]) != fresh.shape):
       out[key] = fresh
@@ -301,15 +310,11 @@ def merge_params(init, loaded, *, reinit_head: bool = True, num_prefix_tokens: i
       continue
     value = np.asarray(loaded_flat[key])
     if value.shape != fresh.shape:
-      if key.endswith("pos_embedding") and value.shape[-1] == fresh.shape[-1]:
-        n_new = fresh.shape[1] - num_prefix_tokens
-        side = int(round(np.sqrt(n_new)))
-        value = np.asarray(resample_posemb(value, (side, side), num_prefix_tokens))
-      elif (key.endswith("relative_position_bias_table") and value.ndim == 2 and
-            value.shape[-1] == fresh.shape[-1]):
-        # Swin v1: a window of another size -> resample the (2w-1)^2 bias table.
-        new_window = (int(round(np.sqrt(fresh.shape[0]))) + 1) // 2
-        value = np.asarray(resample_relative_position_bias_table(value, new_window))
+      for fix in fixes:
+        fixed = fix(key, value, tuple(fresh.shape), target)
+        if fixed is not None and tuple(np.shape(fixed)) == tuple(fresh.shape):
+          value = np.asarray(fixed)
+          break
       else:
         problems.append(f"{key}: checkpoint {value.shape} vs model {tuple(fresh.shape)}")
         continue
@@ -320,3 +325,25 @@ def merge_params(init, loaded, *, reinit_head: bool = True, num_prefix_tokens: i
         (f" (and {len(problems) - 8} more)" if len(problems) > 8 else "") +
         ". Check config.model_name / config.model against the model that wrote it.")
   return flax.traverse_util.unflatten_dict(out, sep="/")
+
+
+def class_dependent_keys(model, params, image_size: int):
+  """The 'a/b/c' paths of `params` (model.init's) whose shape depends on
+  model.num_classes: the classifier(s) a fine-tuning run re-initialises.
+
+  Found by tracing the model with one class more (no compute); None when the
+  model has no num_classes or cannot be traced at `image_size`.
+  """
+  n = getattr(model, "num_classes", None)
+  if not isinstance(n, int) or not hasattr(model, "clone"):
+    return None
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jax.numpy.float32)
+  try:
+    other = jax.eval_shape(
+        lambda x: model.clone(num_classes=n + 1).init(jax.random.PRNGKey(0), x, train=False), x)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  other = flax.traverse_util.flatten_dict(flax.core.unfreeze(other["params"]), sep="/")
+  mine = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+  return {k for k, v in mine.items()
+          if k not in other or tuple(other[k].shape) != tuple(np.shape(v))}

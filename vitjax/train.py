@@ -246,19 +246,28 @@ def _check_workdir_config(config, workdir):
 
 
 def _init_from(config, params, model_state, model):
-  """Fine-tuning: load pretrained params, replace the head, resample posemb."""
+  """Fine-tuning: load pretrained weights (a vitjax run, or any supported family's
+  Hugging Face / timm weights, vitjax.convert.load_for_model), re-initialise the
+  classifier, and adapt the rest with the family's checkpoint fixes
+  (ckpt_lib.merge_params); BatchNorm statistics come along."""
+  from vitjax.convert import pretrained  # pylint: disable=g-import-not-at-top
   src = config.init_from
-  if src.source == "vitjax":
+  source = src.source
+  if source == "vitjax" and pretrained.is_published(src.checkpoint):
+    source = "auto"  # hf:<org>/<name>, a snapshot folder or a .safetensors file
+  if source == "vitjax":
     loaded, loaded_state = ckpt_lib.load_vitjax_params(src.checkpoint)
   else:
-    from vitjax import convert  # pylint: disable=g-import-not-at-top
-    loaded, _ = convert.load_pretrained(src.checkpoint, source=src.source)
-    loaded_state = {}
-  prefix = getattr(model, "num_prefix_tokens", 1)
+    loaded, loaded_state = pretrained.load_for_model(src.checkpoint, model, source=source,
+                                                     model_name=config.model_name)
+  heads = ckpt_lib.class_dependent_keys(model, params, config.input.image_size)
   params = ckpt_lib.merge_params(params, loaded, reinit_head=src.reinit_head,
-                                 num_prefix_tokens=prefix)
+                                 num_prefix_tokens=getattr(model, "num_prefix_tokens", 1),
+                                 model=model, head_keys=heads)
   if model_state and loaded_state:
-    model_state = ckpt_lib.merge_params(model_state, loaded_state, reinit_head=False)
+    merged = ckpt_lib.merge_params({k: model_state[k] for k in loaded_state if k in model_state},
+                                   loaded_state, reinit_head=False, model=model, head_keys=set())
+    model_state = {**model_state, **merged}
   return params, model_state
 
 

@@ -7,6 +7,11 @@ each returns a `Converted` (variables, registered model name, model kwargs).
 `export_hf(workdir_or_converted, out_dir)` writes the way back: a Hugging
 Face snapshot (vitjax/convert/export.py).
 
+`load(source_path, source='auto'|'hf'|'timm', **overrides)` imports any
+supported family from a snapshot folder, a .safetensors file or
+`hf:<org>/<name>` (the offline Hugging Face cache), recognising the family
+(vitjax.convert.pretrained); the trainer's `config.init_from` uses it.
+
 `load_pretrained(path_or_state_dict, source='hf'|'timm', **kw)` is the ViT /
 DeiT / MAE-encoder entry point of the trainer's `config.init_from`; it returns
 `(params, model_kwargs)` for `VisionTransformer(**model_kwargs)`. Only
@@ -17,6 +22,7 @@ import os
 from typing import Any, Dict, Tuple
 
 from vitjax.convert.common import load_state_dict
+from vitjax.convert.pretrained import load, load_for_model
 from vitjax.convert.export import export_hf
 from vitjax.convert.registry import (Converted, ConverterInfo, get_converter, get_exporter,
                                      list_converters, list_exporters, register_converter,
@@ -100,7 +106,7 @@ def load_pretrained(path_or_state_dict, source: str = "hf", *, config=None,
 __all__ = [
     "SOURCES", "Converted", "ConverterInfo", "check_params", "convert_checkpoint",
     "export_hf", "get_converter", "get_exporter", "hf_vit_config", "hf_vit_to_vitjax",
-    "list_converters", "list_exporters", "load_pretrained", "load_state_dict",
-    "native_image_size", "register_converter", "register_exporter",
+    "list_converters", "list_exporters", "load", "load_for_model", "load_pretrained",
+    "load_state_dict", "native_image_size", "register_converter", "register_exporter",
     "timm_vit_to_vitjax", "vitjax_to_hf_vit", "vitjax_to_timm_vit",
 ]

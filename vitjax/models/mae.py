@@ -37,8 +37,8 @@ import jax.numpy as jnp
 from vitjax.errors import UserError
 from vitjax.models.features import FeatureLevel
 from vitjax.models.layers import PatchEmbed, sincos_posemb_2d
-from vitjax.models.registry import register_model
-from vitjax.models.vit import VIT_SIZES, EncoderBlock
+from vitjax.models.registry import register_checkpoint_source, register_model
+from vitjax.models.vit import VIT_SIZES, EncoderBlock, VisionTransformer
 
 
 def patchify(images, patch_size: int):
@@ -250,6 +250,11 @@ def _register_mae(size, patch):
 
 for _size, _patch in (("base", 16), ("large", 16), ("huge", 14)):
   _register_mae(_size, _patch)
+
+
+# Fine-tuning: an MAE's encoder (same parameter names) loads into a ViT; the
+# decoder is left out.
+register_checkpoint_source(VisionTransformer, MaskedAutoencoder)
 
 
 @register_model

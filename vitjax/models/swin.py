@@ -33,7 +33,8 @@ replaced by a learned `mask_token`, created only when a mask is given.
 Weights: vitjax.convert.swin imports HF `SwinForImageClassification` /
 `Swinv2ForImageClassification` checkpoints; a v1 checkpoint of another window
 size is adapted with `resample_relative_position_bias_table` (done by
-`vitjax.convert.swin.adapt_window_size`), a v2 one needs nothing.
+`vitjax.convert.swin.adapt_window_size`, and when fine-tuning by
+`fix_relative_position_bias`), a v2 one needs nothing.
 """
 
 from typing import Any, Sequence, Tuple
@@ -45,9 +46,10 @@ import numpy as np
 from vitjax.errors import UserError
 from vitjax.models.features import FeatureLevel, stage_layer_groups
 from vitjax.models.layers import (DropPath, Mlp, PatchEmbed, WindowAttention,
-                                  WindowAttentionV2, apply_mask_token, shifted_window_mask,
+                                  WindowAttentionV2, apply_mask_token,
+                                  resample_relative_position_bias_table, shifted_window_mask,
                                   window_partition, window_reverse)
-from vitjax.models.registry import register_model
+from vitjax.models.registry import register_checkpoint_fix, register_model
 
 
 def stage_windows(h: int, w: int, window_size: int) -> Tuple[int, int]:
@@ -286,6 +288,20 @@ class SwinTransformer(nn.Module):
                       name="head")(pooled)
     out["logits"] = logits
     return logits.astype(jnp.float32), out
+
+
+@register_checkpoint_fix(SwinTransformer)
+def fix_relative_position_bias(key, value, shape, model):
+  """Fine-tuning with another window size: a v1 bias table [(2M-1)^2, heads] is
+  resampled to the new window. v2 needs nothing: its continuous position bias
+  is an MLP of the offsets, which (like v1's index) are recomputed from the
+  window size at every call."""
+  del model
+  if not key.endswith("relative_position_bias_table") or value.ndim != 2 or (
+      value.shape[-1] != shape[-1]):
+    return None
+  new_window = (int(round(np.sqrt(shape[0]))) + 1) // 2
+  return resample_relative_position_bias_table(value, new_window)
 
 
 # Swin v1 Table 1 / Sec. 3.3 (C, layer numbers, heads; window 7, 224x224):

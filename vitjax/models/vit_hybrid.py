@@ -26,8 +26,8 @@ import jax.numpy as jnp
 from vitjax.errors import UserError
 from vitjax.models.features import FeatureLevel
 from vitjax.models.layers import StdConv
-from vitjax.models.registry import register_model
-from vitjax.models.vit import VIT_SIZES, VisionTransformer
+from vitjax.models.registry import register_checkpoint_fix, register_model
+from vitjax.models.vit import VIT_SIZES, VisionTransformer, fix_pos_embedding
 
 
 class GroupNormAct(nn.Module):
@@ -169,6 +169,9 @@ class HybridVisionTransformer(nn.Module):
     out.update(vit_out)
     return logits, out
 
+
+# A new input size: the ViT's position embedding is resampled (as for a ViT).
+register_checkpoint_fix(HybridVisionTransformer)(fix_pos_embedding)
 
 # R50+ViT-B/16 (ViT paper, hybrids) and R26+ViT-S/32 (AugReg, Steiner et al.
 # 2021); the ViT widths are VIT_SIZES. Parameter counts equal timm's
