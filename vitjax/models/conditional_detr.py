@@ -42,7 +42,7 @@ import numpy as np
 
 from vitjax.errors import UserError
 from vitjax.models.deformable_detr import inverse_sigmoid, sine_embed
-from vitjax.models.detr import BoxHead, EncoderLayer
+from vitjax.models.detr import BoxHead, EncoderLayer, downsample_mask, masked_sine_posemb
 from vitjax.models.features import create_backbone, select_levels
 from vitjax.models.layers import Mlp, dot_product_attention, sine_posemb_2d
 from vitjax.models.registry import register_model
@@ -61,7 +61,7 @@ class ConditionalCrossAttention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, memory, memory_pos, query_sine, query_pos=None):
+  def __call__(self, x, memory, memory_pos, query_sine, query_pos=None, mask=None):
     d, h = x.shape[-1], self.num_heads
     dense = lambda name: nn.Dense(d, dtype=self.dtype, name=name)  # noqa: E731
     heads = lambda t: t.reshape(t.shape[:2] + (h, d // h))  # noqa: E731
@@ -74,7 +74,7 @@ class ConditionalCrossAttention(nn.Module):
       k = k + k_pos
     q = jnp.concatenate([heads(q), heads(dense("q_pos_sine_proj")(query_sine))], -1)
     k = jnp.concatenate([heads(k), heads(k_pos)], -1)
-    out = dot_product_attention(q, k, heads(v))  # scale (2 D / H) ** -0.5
+    out = dot_product_attention(q, k, heads(v), mask=mask)  # scale (2 D / H) ** -0.5
     return dense("o_proj")(out.reshape(out.shape[:2] + (d,)))
 
 
@@ -103,13 +103,14 @@ class DecoderLayer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, query_pos, query_sine, memory, memory_pos, deterministic: bool = True):
+  def __call__(self, x, query_pos, query_sine, memory, memory_pos, deterministic: bool = True,
+               mask=None):
     drop = nn.Dropout(self.dropout)
     ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)  # noqa: E731
     y = ConditionalSelfAttention(self.num_heads, self.dtype, name="self_attn")(x, query_pos)
     x = ln("self_attn_layer_norm")(x + drop(y, deterministic=deterministic))
     y = ConditionalCrossAttention(self.num_heads, self.first, self.dtype, name="encoder_attn")(
-        x, memory, memory_pos, query_sine, query_pos if self.first else None)
+        x, memory, memory_pos, query_sine, query_pos if self.first else None, mask)
     x = ln("encoder_attn_layer_norm")(x + drop(y, deterministic=deterministic))
     y = Mlp(self.ffn_dim, dropout=self.dropout, act=nn.relu, dtype=self.dtype, name="mlp")(
         x, deterministic)
@@ -150,7 +151,9 @@ class ConditionalDETR(nn.Module):
       raise UserError("ConditionalDETR needs decoder_layers >= 1 and encoder_layers >= 0.")
 
   @nn.compact
-  def __call__(self, images, *, train: bool = False):
+  def __call__(self, images, *, train: bool = False, pixel_mask=None):
+    """images [B, H, W, 3]; pixel_mask None or [B, H, W] (1 = image, 0 =
+    padding): masked position encoding and key padding as DETR's."""
     d, det = self.hidden_dim, not train
     bb = create_backbone(self.backbone, self.backbone_kwargs, dtype=self.dtype).clone(
         parent=self, name="backbone")
@@ -162,13 +165,17 @@ class ConditionalDETR(nn.Module):
     c5 = bb_out[levels[-1].name]
     b, h, w, _ = c5.shape
     src = nn.Conv(d, (1, 1), dtype=self.dtype, name="input_projection")(c5).reshape(b, h * w, d)
-    pos = jnp.broadcast_to(sine_posemb_2d(h, w, d)[None], (b, h * w, d))
+    if pixel_mask is None:
+      pos, keys = jnp.broadcast_to(sine_posemb_2d(h, w, d)[None], (b, h * w, d)), None
+    else:
+      mask = downsample_mask(pixel_mask, h, w)
+      pos, keys = masked_sine_posemb(mask, d), mask.reshape(b, 1, 1, h * w)
     pos = pos.astype(self.dtype)
 
     memory = nn.Dropout(self.dropout)(src, deterministic=det)
     for i in range(self.encoder_layers):
       memory = EncoderLayer(d, self.num_heads, self.ffn_dim, self.dropout, self.dtype,
-                            name=f"encoder_{i}")(memory, pos, det)
+                            name=f"encoder_{i}")(memory, pos, det, keys)
     out["encoded"] = memory
 
     query_pos = self.param("query_embed", nn.initializers.normal(1.0), (self.num_queries, d))
@@ -183,7 +190,7 @@ class ConditionalDETR(nn.Module):
     for i in range(self.decoder_layers):
       query_sine = sine if i == 0 else sine * query_scale(x)
       x = DecoderLayer(self.num_heads, self.ffn_dim, i == 0, self.dropout, self.dtype,
-                       name=f"decoder_{i}")(x, query_pos, query_sine, memory, pos, det)
+                       name=f"decoder_{i}")(x, query_pos, query_sine, memory, pos, det, keys)
       states.append(norm(x))
 
     class_head = nn.Dense(self.num_classes, dtype=self.dtype,

@@ -24,7 +24,8 @@ Options (paper Sec. 4.2, HF config flags of the same names):
   reference code's released models and in HF.
 
 The deformable attention is `vitjax.models.layers.deformable_attention`.
-Images are taken unpadded (no pixel mask: every position is valid).
+Padded batches take HF's `pixel_mask` (see `DeformableDETR.__call__`); without
+one every position is image.
 
 `__call__(images, train=False)` returns `(logits [B, Q, C], out)`: `out` holds
 'boxes' [B, Q, 4] (cx, cy, w, h in [0, 1]), 'aux' (per earlier decoder layer
@@ -48,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.errors import UserError
-from vitjax.models.detr import BoxHead, DetrAttention
+from vitjax.models.detr import BoxHead, DetrAttention, downsample_mask, masked_sine_posemb
 from vitjax.models.features import create_backbone, select_levels
 from vitjax.models.layers import Mlp, sine_posemb_2d
 from vitjax.models.layers.deformable_attention import MSDeformableAttention
@@ -80,10 +81,11 @@ class EncoderLayer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, pos, ref, shapes, deterministic: bool = True):
+  def __call__(self, x, pos, ref, shapes, deterministic: bool = True, value_mask=None):
     drop = nn.Dropout(self.dropout)
     y = MSDeformableAttention(self.num_heads, self.num_levels, self.num_points,
-                              dtype=self.dtype, name="self_attn")(x + pos, x, ref, shapes)
+                              dtype=self.dtype, name="self_attn")(x + pos, x, ref, shapes,
+                                                                  value_mask)
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="self_attn_layer_norm")(
         x + drop(y, deterministic=deterministic))
     y = Mlp(self.ffn_dim, dropout=self.dropout, act=nn.relu, dtype=self.dtype, name="mlp")(
@@ -102,7 +104,8 @@ class DecoderLayer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, pos, memory, ref, shapes, deterministic: bool = True):
+  def __call__(self, x, pos, memory, ref, shapes, deterministic: bool = True,
+               value_mask=None):
     drop = nn.Dropout(self.dropout)
     ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)  # noqa: E731
     d = x.shape[-1]
@@ -110,7 +113,8 @@ class DecoderLayer(nn.Module):
         x + pos, x + pos, x, deterministic)
     x = ln("self_attn_layer_norm")(x + drop(y, deterministic=deterministic))
     y = MSDeformableAttention(self.num_heads, self.num_levels, self.num_points,
-                              dtype=self.dtype, name="encoder_attn")(x + pos, memory, ref, shapes)
+                              dtype=self.dtype, name="encoder_attn")(x + pos, memory, ref, shapes,
+                                                                     value_mask)
     x = ln("encoder_attn_layer_norm")(x + drop(y, deterministic=deterministic))
     y = Mlp(self.ffn_dim, dropout=self.dropout, act=nn.relu, dtype=self.dtype, name="mlp")(
         x, deterministic)
@@ -139,6 +143,48 @@ def encoder_proposals(shapes: Sequence[Tuple[int, int]]):
   with np.errstate(divide="ignore"):
     logits = np.where(valid[:, None], np.log(boxes / (1 - boxes)), np.inf)
   return jnp.asarray(logits, jnp.float32), jnp.asarray(valid)
+
+
+def valid_ratios(masks):
+  """Per level the image's share of the padded map: [B, L, 2] (width, height),
+  counted along the first column / row of each [B, h, w] mask (as HF)."""
+  return jnp.stack([jnp.stack([m[:, 0, :].sum(1) / m.shape[2], m[:, :, 0].sum(1) / m.shape[1]],
+                              -1).astype(jnp.float32) for m in masks], 1)
+
+
+def masked_encoder_reference_points(shapes, ratios):
+  """Encoder reference points of a padded batch: [B, S, L, 2] (HF's
+  `get_reference_points`): pixel centres over each image's valid extent,
+  then scaled by every level's valid ratio."""
+  pts = []
+  for lvl, (h, w) in enumerate(shapes):
+    yy, xx = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
+    ry = jnp.asarray(yy.reshape(-1), jnp.float32)[None] / (ratios[:, None, lvl, 1] * h)
+    rx = jnp.asarray(xx.reshape(-1), jnp.float32)[None] / (ratios[:, None, lvl, 0] * w)
+    pts.append(jnp.stack([rx, ry], -1))
+  return jnp.concatenate(pts, 1)[:, :, None] * ratios[:, None]
+
+
+def masked_encoder_proposals(masks):
+  """Two-stage proposals of a padded batch (HF's `gen_encoder_output_proposals`):
+  ([B, S, 4] logits, inf where invalid; [B, S] valid: an image position whose
+  box lies inside (0.01, 0.99) of that image's extent)."""
+  boxes, inside = [], []
+  for lvl, m in enumerate(masks):
+    b, h, w = m.shape
+    vh = m[:, :, 0].sum(1).astype(jnp.float32)
+    vw = m[:, 0, :].sum(1).astype(jnp.float32)
+    yy, xx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32),
+                         indexing="ij")
+    cx = (jnp.asarray(xx)[None] + 0.5) / vw[:, None, None]
+    cy = (jnp.asarray(yy)[None] + 0.5) / vh[:, None, None]
+    wh = jnp.full((b, h, w), 0.05 * 2.0 ** lvl, jnp.float32)
+    boxes.append(jnp.stack([cx, cy, wh, wh], -1).reshape(b, h * w, 4))
+    inside.append(m.reshape(b, h * w))
+  boxes, inside = jnp.concatenate(boxes, 1), jnp.concatenate(inside, 1)
+  valid = inside & jnp.all((boxes > 0.01) & (boxes < 0.99), -1)
+  safe = jnp.where(valid[..., None], boxes, 0.5)
+  return jnp.where(valid[..., None], jnp.log(safe / (1 - safe)), jnp.inf), valid
 
 
 class DeformableDETR(nn.Module):
@@ -201,7 +247,11 @@ class DeformableDETR(nn.Module):
     return n + (1 if self.two_stage else 0)
 
   @nn.compact
-  def __call__(self, images, *, train: bool = False):
+  def __call__(self, images, *, train: bool = False, pixel_mask=None):
+    """images [B, H, W, 3]; pixel_mask None or [B, H, W] (1 = image, 0 =
+    padding; HF's semantics: masked position encodings, valid ratios scaling
+    the reference points, padded values zeroed in every deformable attention,
+    two-stage proposals over each image's extent)."""
     d, det = self.hidden_dim, not train
     out = {}
     bb = create_backbone(self.backbone, self.backbone_kwargs, dtype=self.dtype).clone(
@@ -230,17 +280,26 @@ class DeformableDETR(nn.Module):
     level_embed = self.param("level_embed", nn.initializers.normal(1.0),
                              (self.num_feature_levels, d))
     src = jnp.concatenate([s.reshape(b, -1, d) for s in srcs], 1)
-    pos = jnp.concatenate([sine_posemb_2d(h, w, d, offset=0.5) + level_embed[i]
-                           for i, (h, w) in enumerate(shapes)], 0)[None].astype(self.dtype)
+    if pixel_mask is None:
+      masks = value_mask = ratios = None
+      pos = jnp.concatenate([sine_posemb_2d(h, w, d, offset=0.5) + level_embed[i]
+                             for i, (h, w) in enumerate(shapes)], 0)[None].astype(self.dtype)
+      ref = jnp.broadcast_to(encoder_reference_points(shapes)[None, :, None],
+                             (b, src.shape[1], len(shapes), 2))
+    else:
+      masks = [downsample_mask(pixel_mask, h, w) for h, w in shapes]
+      value_mask = jnp.concatenate([m.reshape(b, -1) for m in masks], 1)
+      ratios = valid_ratios(masks)
+      pos = jnp.concatenate([masked_sine_posemb(m, d, offset=0.5) + level_embed[i]
+                             for i, m in enumerate(masks)], 1).astype(self.dtype)
+      ref = masked_encoder_reference_points(shapes, ratios)
 
     # Encoder.
-    ref = jnp.broadcast_to(encoder_reference_points(shapes)[None, :, None],
-                           (b, src.shape[1], len(shapes), 2))
     memory = nn.Dropout(self.dropout)(src, deterministic=det)
     for i in range(self.encoder_layers):
       memory = EncoderLayer(self.num_heads, self.num_feature_levels, self.encoder_points,
                             self.ffn_dim, self.dropout, self.dtype,
-                            name=f"encoder_{i}")(memory, pos, ref, shapes, det)
+                            name=f"encoder_{i}")(memory, pos, ref, shapes, det, value_mask)
     out["encoded"] = memory
 
     n_heads = self._heads()
@@ -252,12 +311,16 @@ class DeformableDETR(nn.Module):
 
     # Queries and reference points.
     if self.two_stage:
-      proposals, valid = encoder_proposals(shapes)
-      oq = jnp.where(valid[None, :, None], memory, 0.0)
+      if masks is None:
+        proposals, valid = encoder_proposals(shapes)
+        proposals, valid = proposals[None], valid[None]
+      else:
+        proposals, valid = masked_encoder_proposals(masks)
+      oq = jnp.where(valid[..., None], memory, 0.0)
       oq = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="enc_output_norm")(
           nn.Dense(d, dtype=self.dtype, name="enc_output")(oq))
       enc_logits = class_heads[-1](oq)
-      enc_coords = box_heads[-1](oq) + proposals[None]
+      enc_coords = box_heads[-1](oq) + proposals
       out["enc_outputs"] = {"logits": enc_logits.astype(jnp.float32),
                             "boxes": jax.nn.sigmoid(enc_coords).astype(jnp.float32)}
       k = min(self.num_queries, enc_logits.shape[1])
@@ -280,12 +343,15 @@ class DeformableDETR(nn.Module):
     states = []
     for i in range(self.decoder_layers):
       refs_in.append(reference)
+      if ratios is None:
+        level_ref = jnp.broadcast_to(reference[:, :, None], reference.shape[:2] +
+                                     (len(shapes),) + reference.shape[-1:])
+      else:  # each level's reference scaled to the image's share of the map
+        scale = ratios if reference.shape[-1] == 2 else jnp.concatenate([ratios, ratios], -1)
+        level_ref = reference[:, :, None] * scale[:, None]
       hs = DecoderLayer(self.num_heads, self.num_feature_levels, self.decoder_points,
                         self.ffn_dim, self.dropout, self.dtype, name=f"decoder_{i}")(
-                            hs, query_pos, memory,
-                            jnp.broadcast_to(reference[:, :, None],
-                                             reference.shape[:2] + (len(shapes),) +
-                                             reference.shape[-1:]), shapes, det)
+                            hs, query_pos, memory, level_ref, shapes, det, value_mask)
       states.append(hs)
       if self.with_box_refine:
         delta = box_heads[i](hs)

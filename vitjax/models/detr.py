@@ -34,11 +34,59 @@ from typing import Any, Mapping, Optional, Union
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vitjax.errors import UserError
 from vitjax.models.features import create_backbone, select_levels
 from vitjax.models.layers import Mlp, dot_product_attention, sine_posemb_2d
 from vitjax.models.registry import register_model
+
+
+def downsample_mask(pixel_mask, h: int, w: int):
+  """A [B, H, W] pixel mask (True / 1 = image, 0 = padding) at an h x w feature map.
+
+  Nearest neighbour as torch's `F.interpolate(mask, size=(h, w))` (what HF's
+  and the reference DETR's backbones do): output row i reads input row
+  min(floor(i * (H / h)), H - 1), the product taken in float32.
+  """
+  big_h, big_w = pixel_mask.shape[1:3]
+
+  def index(n_in, n_out):
+    if n_out == n_in:
+      return np.arange(n_in)
+    if n_out == 2 * n_in:
+      return np.arange(n_out) >> 1
+    scale = np.float32(n_in) / np.float32(n_out)
+    return np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * scale).astype(np.int64),
+                      n_in - 1)
+
+  m = jnp.asarray(pixel_mask).astype(bool)
+  return m[:, index(big_h, h)][:, :, index(big_w, w)]
+
+
+def masked_sine_posemb(mask, dim: int, offset: float = 0.0, temperature: float = 10_000.0):
+  """DETR's sine encoding of a padded batch: [B, h, w] mask -> [B, h * w, dim].
+
+  HF's / the reference's `PositionEmbeddingSine` with normalize=True: row and
+  column indices are the cumulative sums of the mask (so every image is
+  encoded over its own extent), minus `offset` (Deformable DETR: 0.5), divided
+  by the last cumulative sum of the row / column + 1e-6, times 2 pi; y half
+  first, sin / cos interleaved. An all-True mask gives `sine_posemb_2d`.
+  """
+  if dim % 4:
+    raise ValueError(f"sine 2D position encoding needs dim % 4 == 0, got {dim}")
+  b, h, w = mask.shape
+  m = mask.astype(jnp.float32)
+  y, x = jnp.cumsum(m, 1), jnp.cumsum(m, 2)
+  y = (y - offset) / (y[:, -1:, :] + 1e-6) * (2 * np.pi)
+  x = (x - offset) / (x[:, :, -1:] + 1e-6) * (2 * np.pi)
+  n = dim // 2
+  freq = jnp.asarray(temperature ** (2 * (np.arange(n) // 2) / n), jnp.float32)
+
+  def encode(t):
+    a = t[..., None] / freq
+    return jnp.stack([jnp.sin(a[..., 0::2]), jnp.cos(a[..., 1::2])], -1).reshape(b, h, w, n)
+  return jnp.concatenate([encode(y), encode(x)], -1).reshape(b, h * w, dim)
 
 
 class DetrAttention(nn.Module):
@@ -50,14 +98,15 @@ class DetrAttention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, q, k, v, deterministic: bool = True):
+  def __call__(self, q, k, v, deterministic: bool = True, mask=None):
+    """mask: None, or True where a key may be attended ([B, 1, 1, Nk]: key padding)."""
     h, d = self.num_heads, self.dim // self.num_heads
     proj = lambda name, x: nn.Dense(self.dim, dtype=self.dtype, name=name)(x).reshape(
         x.shape[:2] + (h, d))
     drop = (None if deterministic or not self.dropout else
             lambda w: nn.Dropout(self.dropout)(w, deterministic=False))
     o = dot_product_attention(proj("q_proj", q), proj("k_proj", k), proj("v_proj", v),
-                              dropout_fn=drop)
+                              mask=mask, dropout_fn=drop)
     return nn.Dense(self.dim, dtype=self.dtype, name="o_proj")(o.reshape(q.shape[:2] + (-1,)))
 
 
@@ -70,10 +119,10 @@ class EncoderLayer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, pos, deterministic: bool = True):
+  def __call__(self, x, pos, deterministic: bool = True, mask=None):
     qk = x + pos
     y = DetrAttention(self.dim, self.num_heads, self.dropout, self.dtype,
-                      name="self_attn")(qk, qk, x, deterministic)
+                      name="self_attn")(qk, qk, x, deterministic, mask)
     x = x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="self_attn_layer_norm")(x)
     y = Mlp(self.ffn_dim, dropout=self.dropout, act=nn.relu, dtype=self.dtype, name="mlp")(
@@ -90,7 +139,7 @@ class DecoderLayer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, query_pos, memory, pos, deterministic: bool = True):
+  def __call__(self, x, query_pos, memory, pos, deterministic: bool = True, mask=None):
     ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=deterministic)
     qk = x + query_pos
@@ -98,7 +147,8 @@ class DecoderLayer(nn.Module):
                       name="self_attn")(qk, qk, x, deterministic)
     x = ln("self_attn_layer_norm")(x + drop(y))
     y = DetrAttention(self.dim, self.num_heads, self.dropout, self.dtype,
-                      name="encoder_attn")(x + query_pos, memory + pos, memory, deterministic)
+                      name="encoder_attn")(x + query_pos, memory + pos, memory, deterministic,
+                                           mask)
     x = ln("encoder_attn_layer_norm")(x + drop(y))
     y = Mlp(self.ffn_dim, dropout=self.dropout, act=nn.relu, dtype=self.dtype, name="mlp")(
         x, deterministic)
@@ -155,7 +205,10 @@ class DETR(nn.Module):
                       f"{self.num_queries}, {self.decoder_layers}).")
 
   @nn.compact
-  def __call__(self, images, *, train: bool = False):
+  def __call__(self, images, *, train: bool = False, pixel_mask=None):
+    """images [B, H, W, 3]; pixel_mask None (every pixel is image) or [B, H, W]
+    (1 = image, 0 = padding; HF's `pixel_mask`): the position encoding and
+    the encoder / cross-attention keys then follow each image's own extent."""
     det = not train
     fixed = {} if self.backbone is None or isinstance(self.backbone, Mapping) else dict(
         dtype=self.dtype)  # the ResNet form keeps float32, as before
@@ -170,10 +223,15 @@ class DETR(nn.Module):
     b, h, w, _ = fmap.shape
     d = self.hidden_dim
     x = nn.Conv(d, (1, 1), dtype=self.dtype, name="input_projection")(fmap).reshape(b, h * w, d)
-    pos = sine_posemb_2d(h, w, d)[None].astype(self.dtype)
+    if pixel_mask is None:
+      pos, keys = sine_posemb_2d(h, w, d)[None].astype(self.dtype), None
+    else:
+      mask = downsample_mask(pixel_mask, h, w)
+      pos = masked_sine_posemb(mask, d).astype(self.dtype)
+      keys = mask.reshape(b, 1, 1, h * w)
     for i in range(self.encoder_layers):
       x = EncoderLayer(d, self.num_heads, self.ffn_dim, self.dropout, self.dtype,
-                       name=f"encoder_{i}")(x, pos, det)
+                       name=f"encoder_{i}")(x, pos, det, keys)
     out["encoded"] = x
     query_pos = self.param("query_position_embeddings", nn.initializers.normal(1.0),
                            (self.num_queries, d))
@@ -185,7 +243,7 @@ class DETR(nn.Module):
     predictions = []
     for i in range(self.decoder_layers):
       tgt = DecoderLayer(d, self.num_heads, self.ffn_dim, self.dropout, self.dtype,
-                         name=f"decoder_{i}")(tgt, query_pos, x, pos, det)
+                         name=f"decoder_{i}")(tgt, query_pos, x, pos, det, keys)
       if self.aux_loss or i == self.decoder_layers - 1:
         hs = norm(tgt)
         predictions.append((hs, cls_head(hs).astype(jnp.float32),
