@@ -37,7 +37,10 @@ CASES = [("quickstart", None), ("quickstart", "resnet_size"), ("tome_digits", No
     ("nat_digits", None), ("nat_digits", "dinat"), ("nat_mini", None), ("nat_mini", "dinat"),
     ("deit_digits", None), ("deit_digits", "soft"), ("deit_digits", "none"),
     ("deformable_detr_shapes", None), ("deformable_detr_shapes", "tiny"),
-    ("conditional_detr_shapes", None), ("conditional_detr_shapes", "tiny")]
+    ("conditional_detr_shapes", None), ("conditional_detr_shapes", "tiny"),
+    ("finetune", "vit_base_patch16_224"), ("finetune", "deit_small_patch16_224"),
+    ("finetune", "swin_tiny_patch4_window7_224"), ("finetune", "convnext_tiny"),
+    ("finetune", "resnet50"), ("finetune", "efficientnet_b0"), ("finetune", "resnet18,quick")]
 
 
 def load(name, arg):
