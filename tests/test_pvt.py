@@ -78,17 +78,23 @@ def test_v1_outputs_and_bad_size():
   assert logits.shape == (2, 3) and out["stage_1"].shape == (2, 4, 4, 16)
   assert out["pre_logits"].shape == (2, 16)
   assert big.shape == (1, 3) and np.isfinite(np.asarray(big)).all()
-  with pytest.raises(UserError, match=r"Nearest valid sizes: 32 or 40"):
-    m.init(jax.random.PRNGKey(0), jnp.zeros((1, 36, 36, 3)))
+  # Any size is floored (36 -> 9x9, 4x4; tests/test_any_size.py); a map
+  # smaller than its reduction ratio is refused.
+  with pytest.raises(UserError, match=r"stage 0 a map side of 1, smaller than its "
+                                      r"spatial-reduction ratio 2.*input side >= 8"):
+    m.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 36, 3)))
 
 
 def test_v2_bad_sizes_are_user_errors():
   m = PyramidVisionTransformerV2(**TINY_V2)
-  # 36 / 4 = 9, 9 % 2 != 0 (stride 2 of stage 1; also sr 2 of stage 0).
-  with pytest.raises(UserError, match=r"Nearest valid sizes: 32 or 40"):
-    m.init(jax.random.PRNGKey(0), jnp.zeros((1, 36, 32, 3)))
-  with pytest.raises(UserError, match=r"stride 4"):
-    m.init(jax.random.PRNGKey(0), jnp.zeros((1, 30, 30, 3)))
+  # The strided convs floor any size (tests/test_any_size.py: HF parity);
+  # only a map smaller than its reduction ratio is refused (4 px -> 1x1, sr 2).
+  v = jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((1, 36, 30, 3)))
+  assert jax.eval_shape(m.apply, v, jnp.zeros((1, 36, 30, 3)))[1]["stage_1"].shape == (
+      1, 5, 4, 16)
+  with pytest.raises(UserError, match=r"input width 4 gives stage 0 a map side of 1.*"
+                                      r"input side >= 5"):
+    m.init(jax.random.PRNGKey(0), jnp.zeros((1, 30, 4, 3)))
 
 
 # ---------------------------------------------------------------------------

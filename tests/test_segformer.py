@@ -70,8 +70,8 @@ def test_bad_config_and_input():
   x = jnp.zeros((1, 32, 32, 3))
   with pytest.raises(UserError, match="num_classes"):
     SegFormer(**dict(TINY, num_classes=0)).init(jax.random.PRNGKey(0), x)
-  with pytest.raises(UserError, match="Nearest valid sizes"):
-    SegFormer(**TINY).init(jax.random.PRNGKey(0), jnp.zeros((1, 30, 30, 3)))
+  with pytest.raises(UserError, match="smaller than its spatial-reduction ratio"):
+    SegFormer(**TINY).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 30, 3)))
 
 
 def _parity(torch, transformers, image, **cfg_kw):

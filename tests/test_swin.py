@@ -110,14 +110,15 @@ def test_outputs_and_drop_path(version):
   assert not np.allclose(train[0], train[1])  # stochastic depth is active
 
 
-def test_bad_sizes_are_user_errors():
+def test_any_size_is_padded():
+  """As HF's maybe_pad (parity: tests/test_any_size.py): 17 px -> padded to
+  18 -> a 9x9 map (padded to 12x12 for window 4), padded to 10x10 before the
+  merge -> 5x5."""
   m = SwinTransformer(**TINY)
-  with pytest.raises(UserError, match=r"patch size 2.*Nearest valid sizes: 16 or 32"):
-    m.init(jax.random.PRNGKey(0), jnp.zeros((1, 17, 17, 3)))
-  # 20 -> 10x10 map, not divisible by window 4.
-  with pytest.raises(UserError, match=r"10x10 feature map, not divisible by the window size 4"
-                                      r".*Nearest valid sizes: 16 or 32"):
-    m.init(jax.random.PRNGKey(0), jnp.zeros((1, 20, 20, 3)))
+  v = jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((1, 17, 20, 3)))
+  _, out = jax.eval_shape(m.apply, v, jnp.zeros((1, 17, 20, 3)))
+  assert out["stage_0"].shape[1:3] == (9, 10) and out["stage_1"].shape[1:3] == (5, 5)
+  # The no-padding sizes Focal (which does not pad) needs.
   assert nearest_valid_sizes(230, 4, 4, 7) == (224, 448)
   # Window larger than a map: clamped (a 2x2 map in stage 1 uses window 2).
   small = SwinTransformer(**dict(TINY, window_size=8))

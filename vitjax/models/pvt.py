@@ -10,7 +10,8 @@ token (with its own position embedding slot). Blocks are pre-norm SRA + MLP
 (no conv in the MLP). One LayerNorm at the end; the head reads the class
 token. The position embeddings are stored for the grid of `image_size`
 (224 -> 56x56, 28x28, 14x14, 7x7 + 1) and bilinearly resampled when the
-input is of another size (fine-tuning at another resolution).
+input is of another size, as the official code's `_get_pos_embed` does
+(PyTorch bilinear, align_corners=False, from the stored grid).
 
 image -> 4 stages; each stage starts with an overlapping patch embedding (a
 strided conv with zero padding k // 2: k7 s4 for stage 0, k3 s2 after, then
@@ -29,10 +30,12 @@ Block:  x + DropPath(SRA(LN(x))),  x + DropPath(ConvFFN(LN(x))).
   padding, doubles as position encoding: there is no position embedding)
   -> GELU -> fc2.
 
-Input sizes: every stage's map must be the input divided exactly by the
-product of the strides so far, and divisible by that stage's reduction ratio
-(224 -> 56, 28, 14, 7 for the standard models: any multiple of 32 works).
-Other sizes are refused with a UserError naming the nearest valid sizes.
+Input sizes: any, as the reference. Every strided convolution floors (v2's
+overlapping patch embeddings: ceil-like floor((n + 2 (k // 2) - k) / s) + 1;
+v1's non-overlapping ones and the spatial-reduction convs: floor(n / R)),
+and v1 resamples its position embeddings to each stage's grid. Only a map
+smaller than its spatial-reduction ratio is refused (the reference's conv
+fails there too), with a UserError naming the smallest input that works.
 
 `__call__(images, train=False)` returns `(logits, out)`; `out` holds
 'stage_{i}' (NHWC map after stage i's final LayerNorm), 'feature_map' (the
@@ -75,7 +78,8 @@ def _size_problem(size, strides, sr_ratios, linear):
 
 
 def check_input_size(h, w, strides, sr_ratios, linear=False, family="PVT v2"):
-  """Raises UserError unless every stage reduces an h x w input exactly."""
+  """Raises UserError unless every stage reduces an h x w input exactly (for
+  models whose reference needs that; PVT itself floors, see check_min_size)."""
   problems = []
   for name, size in (("height", h), ("width", w)):
     why = _size_problem(size, strides, sr_ratios, linear)
@@ -95,6 +99,45 @@ def check_input_size(h, w, strides, sr_ratios, linear=False, family="PVT v2"):
            ") needs an input whose sides each stage's stride divides exactly. ")
         + "; ".join(problems) +
         " (set via --config.input.image_size).")
+
+
+def check_min_size(h, w, sizes_fn, sr_ratios, linear=False, family="PVT v2"):
+  """Raises UserError when a stage map (`sizes_fn(side)` -> per-stage sides)
+  is smaller than its spatial-reduction ratio (or empty): the reduction conv
+  has no output there, in the reference as here."""
+  def problem(side):
+    for i, r in enumerate(sizes_fn(side)):
+      need = 1 if linear else max(1, sr_ratios[i])
+      if r < need:
+        return i, r, need
+    return None
+  for name, side in (("height", h), ("width", w)):
+    bad = problem(side)
+    if bad:
+      i, r, need = bad
+      smallest = next(s for s in range(side + 1, 64 * side + 64) if not problem(s))
+      raise UserError(
+          f"{family}: input {name} {side} gives stage {i} a map side of {r}, smaller than "
+          f"{'1' if need == 1 else f'its spatial-reduction ratio {need}'}. Use an input "
+          f"side >= {smallest} (--config.input.image_size).")
+
+
+def v2_stage_sides(side, patch_sizes, strides):
+  """Map side of each stage of PVT v2 (overlapping convs, padding k // 2)."""
+  out = []
+  for p, s in zip(patch_sizes, strides):
+    side = (side + 2 * (p // 2) - p) // s + 1
+    out.append(side)
+  return out
+
+
+def v1_stage_sides(side, patch_sizes):
+  """Map side of each stage of PVT v1 (non-overlapping convs floor)."""
+  out = []
+  for p in patch_sizes:
+    side //= p
+    out.append(side)
+  return out
 
 
 def adaptive_avg_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -267,7 +310,8 @@ class PyramidVisionTransformerV2(nn.Module):
   def _checks(self, h, w):
     check_stage_fields("PVT v2", self, ("embed_dims", "num_heads", "mlp_ratios",
                                         "sr_ratios", "patch_sizes", "strides"))
-    check_input_size(h, w, self.strides, self.sr_ratios, self.linear)
+    check_min_size(h, w, lambda n: v2_stage_sides(n, self.patch_sizes, self.strides),
+                   self.sr_ratios, self.linear)
 
   def feature_levels(self):
     """'stage_i' (after stage i's norm) at the product of the strides so far,
@@ -369,7 +413,8 @@ class PyramidVisionTransformer(nn.Module):
     if self.sr_ratios[-1] != 1:
       raise UserError("PVT: the last stage (with the class token) needs sr_ratio 1, got "
                       f"{self.sr_ratios[-1]}.")
-    check_input_size(h, w, self.patch_sizes, self.sr_ratios, family="PVT")
+    check_min_size(h, w, lambda n: v1_stage_sides(n, self.patch_sizes), self.sr_ratios,
+                   family="PVT")
     if _size_problem(self.image_size, self.patch_sizes, self.sr_ratios, False):
       raise UserError(f"PVT: image_size={self.image_size} (the grid the position "
                       "embeddings are stored for) is not a valid input size: "
@@ -413,7 +458,7 @@ class PyramidVisionTransformer(nn.Module):
       pos = self.param(f"stage_{i}_pos_embed", _TRUNC,
                        (1, native * native + int(last), d))
       pos = resample_posemb(pos, (gh, gw), num_prefix_tokens=int(last),
-                            old_grid=(native, native))
+                            old_grid=(native, native), method="bilinear_torch")
       x = nn.Dropout(self.dropout)(x + pos.astype(x.dtype), deterministic=det)
       for j in range(depth):
         x = PvtBlock(self.num_heads[i], self.sr_ratios[i], self.mlp_ratios[i],

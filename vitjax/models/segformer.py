@@ -17,10 +17,11 @@ All-MLP decoder (Sec. 3.2, Eq. 1), with C = `decoder_dim`:
   M = Linear(C -> num_classes)(Dropout(F)).
 
 `__call__(images, train=False)` returns `(logits, out)`: logits are
-[B, H/4, W/4, num_classes] (the task upsamples them to the input size, as
+[B, ~H/4, ~W/4, num_classes] (the task upsamples them to the input size, as
 the paper does); `out` holds 'stage_{i}' (the encoder maps), 'encoded' (the
 last of them), 'pre_logits' (the fused decoder features F at 1/4) and
-'logits'. Inputs: sides divisible by 32 (see pvt.check_input_size).
+'logits'. Inputs: any size, as HF (the encoder's strided convs floor, every
+stage map is upsampled to stage 0's size: 97x131 -> 25x33 logits).
 
 Weights: vitjax.convert.segformer imports HF `SegformerForSemanticSegmentation`.
 """

@@ -17,11 +17,14 @@ v2 block (res-post-norm, v2 Sec. 3.1): x + DropPath(LN(W-MSA(x))),
 Window clamping (as HF transformers and timm): in a stage whose feature map
 is not larger than the window (min(h, w) <= M), the window becomes
 min(M, h, w) and the blocks do not shift (one window covers the map). For v1
-the bias table of such a stage is for the clamped window. Every stage's map
-must be divisible by its (clamped) window, and every map before a patch
-merging must have even sides; other input sizes are refused with a UserError
-that names the nearest valid sizes (HF pads instead; vitjax does not, so that
-no token attends to padding).
+the bias table of such a stage is for the clamped window.
+
+Any input size (as HF `maybe_pad`, and the official code): the image is
+zero-padded at the bottom / right to a multiple of the patch size; in every
+block the (v1: normed) map is zero-padded to a multiple of the window before
+the attention and cropped back after it (the padded tokens are keys like any
+other, as in the reference); a map with an odd side is padded by one row /
+column before patch merging. Stage maps are ceil(H / 4), ceil(H / 8), ...
 
 `__call__(images, train=False)` returns `(logits, out)`; `out` holds 'stem'
 (the embedded patch grid), 'stage_{i}' (NHWC feature map after stage i,
@@ -87,7 +90,8 @@ def nearest_valid_sizes(size: int, patch_size: int, num_stages: int, window_size
 
 
 def check_input_size(h: int, w: int, patch_size: int, num_stages: int, window_size: int):
-  """Raises UserError unless an h x w input runs through every stage."""
+  """Raises UserError unless an h x w input runs through every stage without
+  padding (Swin itself pads; Focal, which does not, uses this)."""
   r = (h // patch_size, w // patch_size)
   problems = []
   for name, size in (("height", h), ("width", w)):
@@ -126,6 +130,8 @@ class PatchMerging(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
+    if h % 2 or w % 2:  # HF's maybe_pad: one zero row / column
+      x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
     x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2],
                          x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
     norm = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm")
@@ -170,13 +176,17 @@ class SwinBlock(nn.Module):
                                dropout=self.dropout, dtype=self.dtype, name="attn")
 
     y = norm1(x) if self.version == 1 else x
+    hp, wp = h + -h % m, w + -w % m  # padded to the window multiple (HF maybe_pad)
+    if (hp, wp) != (h, w):
+      y = jnp.pad(y, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
     if s:
       y = jnp.roll(y, (-s, -s), axis=(1, 2))  # cyclic shift (v1 Fig. 4)
-    mask = shifted_window_mask(h, w, m, s)
+    mask = shifted_window_mask(hp, wp, m, s)
     y = attn(window_partition(y, m), deterministic, mask=mask)
-    y = window_reverse(y, m, h, w)
+    y = window_reverse(y, m, hp, wp)
     if s:
       y = jnp.roll(y, (s, s), axis=(1, 2))
+    y = y[:, :h, :w]
     if self.version == 2:
       y = norm1(y)
     x = x + DropPath(self.drop_path)(y, deterministic)
@@ -230,7 +240,7 @@ class SwinTransformer(nn.Module):
                         f"num_heads={heads}.")
     if self.window_size < 1:
       raise UserError(f"Swin window_size must be >= 1, got {self.window_size}.")
-    check_input_size(h, w, self.patch_size, len(self.depths), self.window_size)
+    del h, w  # any size: padded as HF's maybe_pad (module docstring)
 
   def feature_levels(self):
     """'stage_i' at stride patch_size * 2^i, embed_dim * 2^i wide (models/features.py)."""
@@ -248,7 +258,7 @@ class SwinTransformer(nn.Module):
     self._checks(h, w)
     deterministic = not train
     out = {}
-    x = PatchEmbed(self.patch_size, self.embed_dim, dtype=self.dtype,
+    x = PatchEmbed(self.patch_size, self.embed_dim, dtype=self.dtype, remainder="pad",
                    name="patch_embed")(images.astype(self.dtype))
     x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
                      name="patch_embed_norm")(x)

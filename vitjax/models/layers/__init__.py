@@ -26,11 +26,12 @@ from vitjax.models.layers.conv import ConvBN, round_channels, same_padding  # no
 __all__ += ["ConvBN", "round_channels", "same_padding"]
 
 from vitjax.models.layers.cross_attention import ClassTokenCrossAttention  # noqa: E402
-from vitjax.models.layers.resize import bicubic_resize_matrix, resize_bicubic_torch  # noqa: E402
+from vitjax.models.layers.resize import (  # noqa: E402
+    bicubic_resize_matrix, bilinear_resize_matrix, resize_bicubic_torch, resize_bilinear_torch)
 from vitjax.models.layers.std_conv import StdConv  # noqa: E402
 
-__all__ += ["ClassTokenCrossAttention", "bicubic_resize_matrix", "resize_bicubic_torch",
-            "StdConv"]
+__all__ += ["ClassTokenCrossAttention", "bicubic_resize_matrix", "bilinear_resize_matrix",
+            "resize_bicubic_torch", "resize_bilinear_torch", "StdConv"]
 
 from vitjax.models.layers.focal_attention import (  # noqa: E402
     FocalAttention, cross_relative_position_index, fine_key_indices, pooled_key_indices)

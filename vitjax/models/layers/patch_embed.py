@@ -9,16 +9,29 @@ from vitjax.errors import UserError
 
 
 class PatchEmbed(nn.Module):
-  """Non-overlapping `patch_size` patches -> `embed_dim` features, NHWC grid."""
+  """Non-overlapping `patch_size` patches -> `embed_dim` features, NHWC grid.
+
+  remainder: what a side the patch size does not divide gets: 'error' (a
+  UserError), 'pad' (zeros at the bottom / right up to the next multiple,
+  HF Swin's `maybe_pad`) or 'floor' (the strided conv drops the last rows /
+  columns, as torch's Conv2d in HF ViT).
+  """
   patch_size: int
   embed_dim: int
   dtype: Any = jnp.float32
+  remainder: str = "error"
 
   @nn.compact
   def __call__(self, x):
     _, h, w, _ = x.shape
     p = self.patch_size
-    if h % p or w % p:
+    if self.remainder not in ("error", "pad", "floor"):
+      raise ValueError(f"remainder must be 'error', 'pad' or 'floor', got {self.remainder!r}")
+    if self.remainder == "pad" and (h % p or w % p):
+      x = jnp.pad(x, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
+    elif self.remainder == "floor" and h >= p and w >= p:
+      x = x[:, :h // p * p, :w // p * p]
+    elif h % p or w % p:
       raise UserError(
           f"Input size {h}x{w} is not divisible by the patch size {p}. Use an "
           f"image size that is a multiple of {p} (e.g. {max(p, h // p * p)} or "

@@ -29,7 +29,10 @@ def resample_posemb(posemb, new_grid, num_prefix_tokens: int = 0,
   """Resizes a learned [1, prefix + h*w, D] position embedding to `new_grid`.
 
   The prefix tokens (class / distillation) are kept as they are; the grid part
-  is interpolated, as needed to fine-tune at another resolution.
+  is interpolated, as needed to fine-tune at another resolution. `method` is
+  a jax.image.resize method, or 'bicubic_torch' / 'bilinear_torch' for
+  PyTorch's `F.interpolate(..., align_corners=False)` (what HF ViT's
+  `interpolate_pos_encoding` and PVT v1 do at call time).
   """
   posemb = jnp.asarray(posemb)
   prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
@@ -44,7 +47,12 @@ def resample_posemb(posemb, new_grid, num_prefix_tokens: int = 0,
     return posemb
   d = grid.shape[-1]
   grid = grid.reshape(1, *old_grid, d)
-  grid = jax.image.resize(grid.astype(jnp.float32), (1, *new_grid, d), method=method)
+  if method in ("bicubic_torch", "bilinear_torch"):
+    from vitjax.models.layers import resize  # pylint: disable=g-import-not-at-top
+    fn = resize.resize_bicubic_torch if method == "bicubic_torch" else resize.resize_bilinear_torch
+    grid = fn(grid.astype(jnp.float32), new_grid)
+  else:
+    grid = jax.image.resize(grid.astype(jnp.float32), (1, *new_grid, d), method=method)
   grid = grid.reshape(1, new_grid[0] * new_grid[1], d).astype(posemb.dtype)
   return jnp.concatenate([prefix, grid], axis=1)
 

@@ -4,7 +4,9 @@
 shrinks; PyTorch's `interpolate(mode='bicubic', align_corners=False)` uses
 a = -0.75, no antialiasing, and clamps the taps at the border. Models whose
 reference resizes inside the forward pass (CrossViT) need the latter to
-reproduce its numbers, so it is written here as two small fixed matrices.
+reproduce its numbers, so it is written here as two small fixed matrices;
+bilinear likewise (torch clamps the source position at 0 and does not
+antialias when it shrinks; PVT v1 resamples its position embeddings so).
 """
 
 import jax.numpy as jnp
@@ -33,6 +35,30 @@ def bicubic_resize_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray
     idx = np.clip(base.astype(np.int64) - 1 + tap, 0, n_in - 1)
     np.add.at(m, (np.arange(n_out), idx), w[:, tap])
   return m
+
+
+def bilinear_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out, n_in] matrix of PyTorch's bilinear resize (align_corners=False)."""
+  scale = np.float64(np.float32(np.float32(n_in) / np.float32(n_out)))
+  src = (scale * (np.arange(n_out) + 0.5) - 0.5).astype(np.float32).astype(np.float64)
+  src = np.maximum(src, 0.0)
+  i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+  i1 = np.minimum(i0 + 1, n_in - 1)
+  t = src - i0
+  m = np.zeros((n_out, n_in), np.float64)
+  np.add.at(m, (np.arange(n_out), i0), 1.0 - t)
+  np.add.at(m, (np.arange(n_out), i1), t)
+  return m
+
+
+def resize_bilinear_torch(x, size):
+  """Resizes NHWC `x` to `size` = (h, w) as PyTorch's bilinear interpolate."""
+  h, w = size
+  if x.shape[1:3] == (h, w):
+    return x
+  mh = jnp.asarray(bilinear_resize_matrix(x.shape[1], h), x.dtype)
+  mw = jnp.asarray(bilinear_resize_matrix(x.shape[2], w), x.dtype)
+  return jnp.einsum("ph,bhwc,qw->bpqc", mh, x, mw)
 
 
 def resize_bicubic_torch(x, size):
