@@ -8,8 +8,10 @@ eval is one pass with mask=False padding rows.
 Sources (config.dataset.name):
   'shapes'      the embedded procedural set (vitjax.data.shapes), generated in
                 memory from config.seed; classes circle, square, triangle.
-  'coco_dir:<path>'  a COCO-format folder written by shapes.write_coco (or any
-                instances_<split>.json + images of one size), read by load_coco.
+  'coco_dir:<path>'  a COCO-format folder (annotations/instances_<split>.json
+                + <split>/<file_name>, images of any sizes, read from disk per
+                example; shapes.write_coco writes one): `read_coco_split` says
+                which bad input is refused and which is skipped and counted.
   'tfds:<name>' a TFDS detection set such as coco/2017 (features image,
                 objects/bbox [ymin, xmin, ymax, xmax] normalised, objects/label).
 
@@ -22,10 +24,17 @@ image; default config.model.num_queries or 100), scale_range ((0.5, 2.0)),
 color_jitter (0.2), min_box_size (1 pixel after augmentation: smaller boxes
 are dropped), num_train_images / num_eval_images / shapes_* (as in dense.py).
 
-Train augmentation (boxes follow the image): colour jitter, random resize of
-the shorter side to scale * image_size, zero padding to at least image_size,
-a random image_size crop (boxes clipped to it, ones left under min_box_size
-dropped) and a horizontal flip. Eval: resize to image_size x image_size.
+Two resize protocols (config.task_kwargs.resize):
+  'square' (default)  train: colour jitter, random resize of the shorter side
+      to scale * image_size, zero padding to at least image_size, a random
+      image_size crop (boxes clipped to it, ones left under min_box_size
+      dropped) and a horizontal flip; eval: resize to image_size x image_size.
+  'detr'  DETR's / HF's protocol (vitjax.data.detr_protocol): aspect ratio
+      kept (shorter side min_size, longer at most max_size; multi-scale
+      training sizes and DETR's random crop), padded to a fixed canvas with a
+      `pixel_mask` the DETR-family models respect as HF does.
+Either way boxes are normalised by the (resized) image and evaluation maps
+predictions back to each image's original size (orig_size).
 
 Bad input: boxes outside the image are clipped to it; zero-area boxes are
 dropped (a warning names how many, for in-memory sources); images without
@@ -33,7 +42,8 @@ objects are fine (the loss is then no-object only); an image with more
 objects than max_boxes, or max_boxes above the model's num_queries, is a
 UserError (at start-up for in-memory sources, at the first such batch for TFDS).
 
-Batches: image float32 [b, S, S, 3], boxes float32 [b, T, 4] (cx, cy, w, h
+Batches: image float32 [b, S, S, 3] ('detr': [b, H, W, 3], the canvas, plus
+pixel_mask int32 [b, H, W]), boxes float32 [b, T, 4] (cx, cy, w, h
 normalised), labels int32 [b, T], box_valid bool [b, T]; eval batches also
 mask bool [b] and orig_size float32 [b, 2] (h, w).
 """
@@ -46,6 +56,7 @@ import numpy as np
 import tensorflow as tf
 
 from vitjax.data import dense
+from vitjax.data import detr_protocol
 from vitjax.data import input_pipeline
 from vitjax.data import shapes
 from vitjax.data import source as source_lib
@@ -146,16 +157,130 @@ def _shapes_source(config):
   return _array_source(config, train, eval_, shapes.CLASS_NAMES)
 
 
+def read_coco_split(directory: str, split: str, categories=None):
+  """One split of a COCO-format folder: (image paths [N], (h, w) per image,
+  boxes per image (xyxy pixels), classes per image (0..C-1), the category
+  list, skip counts).
+
+  Layout: `directory/annotations/instances_<split>.json` and the images under
+  `directory/<split>/<file_name>`; any image sizes. Checks (UserError naming
+  the file and the entry): an image file that is missing or whose size
+  differs from the JSON's width / height, an annotation whose image_id is not
+  among the images, an annotation whose category_id is not among the
+  categories (a class id above num_classes), a malformed bbox. Counted skips
+  (one warning with the counts): crowd annotations (iscrowd=1, which COCO
+  evaluation ignores and DETR drops), boxes clipped to their image, boxes with
+  no area inside it.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  path = os.path.join(directory, "annotations", f"instances_{split}.json")
+  if not os.path.isfile(path):
+    raise UserError(f"No COCO annotations at {path}: a COCO folder holds "
+                    f"annotations/instances_<split>.json and <split>/<images>.")
+  try:
+    with open(path) as f:
+      coco = json.load(f)
+    images, anns = coco["images"], coco.get("annotations", [])
+    cats = sorted(coco["categories"], key=lambda c: c["id"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise UserError(f"{path} is not COCO JSON with images / categories ({e}).") from None
+  if categories is not None and [c["id"] for c in cats] != [c["id"] for c in categories]:
+    raise UserError(f"{path}: its categories {[c['id'] for c in cats]} differ from the train "
+                    f"split's {[c['id'] for c in categories]}; both splits need one list.")
+  to_class = {c["id"]: i for i, c in enumerate(cats)}
+  by_id, paths, sizes, missing = {}, [], [], []
+  for info in sorted(images, key=lambda i: i["id"]):
+    file = os.path.join(directory, split, info["file_name"])
+    if not os.path.isfile(file):
+      missing.append(file)
+      continue
+    with Image.open(file) as im:
+      w, h = im.size
+    if (info.get("height", h), info.get("width", w)) != (h, w):
+      raise UserError(f"COCO image {file} is {w}x{h} but {path} says "
+                      f"{info.get('width')}x{info.get('height')}; fix the file or the JSON.")
+    by_id[info["id"]] = (len(paths), h, w)
+    paths.append(file)
+    sizes.append((h, w))
+  if missing:
+    raise UserError(f"{path} names {len(missing)} image file(s) that do not exist, e.g. "
+                    f"{missing[0]}; add them or remove those entries (and their "
+                    "annotations) from the JSON.")
+  if not paths:
+    raise UserError(f"{path} lists no images.")
+  boxes = [[] for _ in paths]
+  classes = [[] for _ in paths]
+  skipped = dict(crowd=0, clipped=0, outside=0)
+  for ann in anns:
+    if ann.get("image_id") not in by_id:
+      raise UserError(f"{path}: annotation {ann.get('id')} names image_id "
+                      f"{ann.get('image_id')}, which is not among its images; fix or drop it.")
+    if ann.get("category_id") not in to_class:
+      raise UserError(f"{path}: annotation {ann.get('id')} has category_id "
+                      f"{ann.get('category_id')}, not one of the {len(cats)} categories "
+                      f"{sorted(to_class)} (class ids above num_classes); fix or drop it.")
+    if ann.get("iscrowd", 0):
+      skipped["crowd"] += 1
+      continue
+    i, h, w = by_id[ann["image_id"]]
+    try:
+      x, y, bw, bh = (float(v) for v in ann["bbox"])
+    except (KeyError, TypeError, ValueError):
+      raise UserError(f"{path}: annotation {ann.get('id')} has no bbox [x, y, w, h] "
+                      f"(got {ann.get('bbox')!r}).") from None
+    box = np.array([x, y, x + bw, y + bh])
+    inside = np.clip(box, 0, [w, h, w, h])
+    if not (inside[2] > inside[0] and inside[3] > inside[1]):
+      skipped["outside"] += 1
+      continue
+    skipped["clipped"] += int(not np.array_equal(box, inside))
+    boxes[i].append(inside)
+    classes[i].append(to_class[ann["category_id"]])
+  return paths, sizes, boxes, classes, cats, skipped
+
+
+def _coco_targets(boxes, classes, sizes, limit, queries, what):
+  """Per-image pixel boxes -> targets [N, T, 5] (normalised xyxy, class; -1 padding)."""
+  most = max([len(c) for c in classes] + [1])
+  if most > limit:
+    raise UserError(f"{what}: an image has {most} objects but the model has "
+                    f"num_queries={queries} (max_boxes={limit}); raise num_queries / max_boxes "
+                    f"to at least {most}.")
+  targets = np.full((len(boxes), most, 5), -1, np.float32)
+  for i, (b, c, (h, w)) in enumerate(zip(boxes, classes, sizes)):
+    if c:
+      targets[i, :len(c), :4] = np.asarray(b) / np.array([w, h, w, h])
+      targets[i, :len(c), 4] = c
+  return targets
+
+
+def _read_file(path, targets):
+  image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+  return image, targets
+
+
 def _coco_dir_source(config, directory):
+  """Images of any sizes read from disk per example (see read_coco_split)."""
   if not os.path.isdir(directory):
     raise UserError(f"config.dataset.name='coco_dir:{directory}': no such folder.")
-  train = shapes.load_coco(directory, config.dataset.train_split)
-  eval_ = shapes.load_coco(directory, config.dataset.eval_split)
-  import json  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(directory, "annotations",
-                         f"instances_{config.dataset.train_split}.json")) as f:
-    cats = sorted(json.load(f)["categories"], key=lambda c: c["id"])
-  return _array_source(config, train, eval_, [c["name"] for c in cats])
+  limit, q = max_boxes(config), num_queries(config)
+  splits, cats, skipped = [], None, {}
+  words = dict(crowd="crowd annotation(s) skipped", clipped="box(es) clipped to the image",
+               outside="box(es) with no area inside the image dropped")
+  for split in (config.dataset.train_split, config.dataset.eval_split):
+    paths, sizes, boxes, classes, cats, skips = read_coco_split(directory, split, cats)
+    what = f"COCO folder {directory}, split {split}"
+    targets = _coco_targets(boxes, classes, sizes, limit, q, what)
+    splits.append((np.asarray(paths), targets))
+    skipped.update({f"{split}: {v} {words[k]}": v for k, v in skips.items() if v})
+  if skipped:
+    warnings.warn(f"COCO folder {directory}: " + "; ".join(skipped) + ".")
+  info = DatasetInfo(num_classes=len(cats), num_train_examples=len(splits[0][0]),
+                     num_eval_examples=len(splits[1][0]),
+                     class_names=tuple(c["name"] for c in cats))
+  return source_lib.ArraySource(info=info, train_data=splits[0], eval_data=splits[1],
+                                load_fn=_read_file, has_paths=True, corrupt_images="error")
 
 
 class _TfdsDetSource(source_lib.TfdsSource):
@@ -217,11 +342,34 @@ def get_dataset_info(config) -> DatasetInfo:
 # Per-example transforms (TF, stateless).
 
 
+RESIZE_MODES = ("square", "detr")
+
+
 def _settings(config):
   opts = dense.settings(config)
   opts["max_boxes"] = max_boxes(config)
   opts["min_box"] = float(dense.option(config, "min_box_size", 1.0))
+  opts["resize"] = dense.option(config, "resize", "square")
+  if opts["resize"] not in RESIZE_MODES:
+    raise UserError(f"config.task_kwargs.resize={opts['resize']!r}: use 'square' (resize to "
+                    "image_size x image_size) or 'detr' (DETR's protocol: aspect kept, "
+                    "padded with a pixel mask; vitjax/data/detr_protocol.py).")
+  if opts["resize"] == "detr":
+    opts = detr_protocol.settings(config, opts)
   return opts
+
+
+def _example_fns(opts):
+  """(train_example, eval_example, eval padding) of the chosen resize protocol."""
+  if opts["resize"] == "detr":
+    return (detr_protocol.train_example, detr_protocol.eval_example,
+            detr_protocol.eval_padding(opts))
+  size, t = opts["size"], opts["max_boxes"]
+  padding = dict(
+      boxes=tf.zeros([t, 4]), labels=tf.zeros([t], tf.int32), box_valid=tf.zeros([t], bool),
+      image=tf.zeros([size, size, 3], tf.float32), mask=tf.constant(False),
+      orig_size=tf.constant([float(size)] * 2))
+  return train_example, eval_example, padding
 
 
 def _decode(image, targets):
@@ -298,6 +446,10 @@ def _explain(what):
       raise UserError(f"{what}: an image has more objects than max_boxes (the model's "
                       "num_queries unless config.task_kwargs.max_boxes is set); raise "
                       "config.model.num_queries / max_boxes.") from None
+    if isinstance(error, tf.errors.InvalidArgumentError) and (
+        detr_protocol._CANVAS_CHECK in str(error)):  # pylint: disable=protected-access
+      raise UserError(f"{what}: a resized image does not fit config.task_kwargs.canvas; "
+                      "make it at least (max_size, max_size).") from None
   return explain
 
 
@@ -311,10 +463,11 @@ def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
   source_lib.check_process(process_index, process_count)
   source_lib.local_batch_size(config.batch_size, process_count, "config.batch_size")
   opts = _settings(config)
+  example = _example_fns(opts)[0]
   source = make_source(config)
   spe = input_pipeline.steps_per_epoch(config, source.info)
   return source_lib.train_batches(
-      source, lambda raw, seed: train_example(*source.load(*raw), seed, opts),
+      source, lambda raw, seed: example(*source.load(*raw), seed, opts),
       seed=config.seed, batch_size=config.batch_size, steps_per_epoch=spe,
       start_step=start_step, process_index=process_index, process_count=process_count,
       explain=_explain("detection train split"))
@@ -325,13 +478,9 @@ def eval_iterator(config, *, process_index: int = 0, process_count: int = 1) -> 
   source_lib.check_process(process_index, process_count)
   source_lib.local_batch_size(config.eval_batch_size, process_count, "config.eval_batch_size")
   opts = _settings(config)
+  _, example, padding = _example_fns(opts)
   source = make_source(config)
-  size, t = opts["size"], opts["max_boxes"]
-  padding = dict(
-      boxes=tf.zeros([t, 4]), labels=tf.zeros([t], tf.int32), box_valid=tf.zeros([t], bool),
-      image=tf.zeros([size, size, 3], tf.float32), mask=tf.constant(False),
-      orig_size=tf.constant([float(size)] * 2))
   return source_lib.eval_batches(
-      source, lambda raw: eval_example(*source.load(*raw), opts), padding,
+      source, lambda raw: example(*source.load(*raw), opts), padding,
       batch_size=config.eval_batch_size, process_index=process_index,
       process_count=process_count, explain=_explain("detection eval split"))

@@ -13,6 +13,9 @@ Model interface (DETR, Deformable DETR, Conditional DETR share it):
 Batches (vitjax.data.detection): image [B, S, S, 3], boxes [B, T, 4] (cx, cy, w, h
 normalised), labels [B, T] int32 in 0..C-1, box_valid [B, T] bool; eval batches
 add mask [B] and orig_size [B, 2] (h, w in pixels, for COCO's area ranges).
+With task_kwargs.resize='detr' images are padded to a canvas and the batch
+holds pixel_mask [B, H, W], passed to the model as `pixel_mask=`; boxes are
+relative to each image (not the canvas).
 
 Loss (Carion et al. 2020, Sec. 3.1; Zhu et al. 2021 for the focal variant), per
 decoder layer, on the matching of `vitjax.tasks.matching` (host Hungarian):
@@ -35,7 +38,9 @@ max_detections (100), plus the data settings of vitjax.data.detection.
 
 Evaluation: loss sums in `eval_sums`; per-image detections (`eval_outputs`)
 gathered by the trainer and scored by pycocotools (`eval_summary_from_outputs`):
-AP, AP50, AP75, AP_small / medium / large.
+AP, AP50, AP75, AP_small / medium / large, on each image's original pixels
+(boxes times its orig_size; clipped to the image under resize='square', left
+as predicted under 'detr', as DETR's PostProcess and HF's post-processing).
 """
 
 import contextlib
@@ -250,18 +255,27 @@ def coco_map(detections, ground_truth, class_names) -> dict:
 # The task.
 
 
+def _mask_kwargs(batch):
+  """{'pixel_mask': ...} for padded batches (task_kwargs.resize='detr'), else {}."""
+  return {"pixel_mask": batch["pixel_mask"]} if "pixel_mask" in batch else {}
+
+
 @register_task("detection")
 class DetectionTask(Task):
   """Images -> a set of (class, box) predictions."""
 
   kwargs = LOSS_DEFAULTS
-  data_kwargs = ("max_boxes", "min_box_size") + DENSE_DATA_KWARGS
+  data_kwargs = ("max_boxes", "min_box_size", "resize", "min_size", "max_size", "canvas",
+                 "train_sizes", "random_crop", "crop_sizes", "crop_range") + DENSE_DATA_KWARGS
   data_source = "vitjax.data.detection"
 
   def __init__(self, config, info, model):
     super().__init__(config, info, model)
     self.num_classes = info.num_classes
     self.opts = loss_options(config)
+    # DETR's protocol keeps predictions unclipped (as DETR's PostProcess and HF);
+    # the square protocol clips them to the image before scoring, as before.
+    self.clip_boxes = dict(self.kw).get("resize", "square") != "detr"
 
   def _check_logits(self, logits):
     want = self.num_classes + (1 if self.opts["class_loss"] == "softmax_ce" else 0)
@@ -274,7 +288,7 @@ class DetectionTask(Task):
 
   def _loss(self, params, model_state, batch, *, train, rng=None):
     logits, out, new_state = apply_model(self.model, params, model_state, batch["image"],
-                                         train=train, rng=rng)
+                                         train=train, rng=rng, **_mask_kwargs(batch))
     self._check_logits(logits)
     total, parts = set_loss(logits, out, batch["labels"], batch["boxes"], batch["box_valid"],
                             self.opts)
@@ -299,7 +313,8 @@ class DetectionTask(Task):
 
   def eval_outputs(self, params, model_state, batch):
     """Per-image detections and ground truth (host side: COCO mAP)."""
-    logits, out, _ = apply_model(self.model, params, model_state, batch["image"], train=False)
+    logits, out, _ = apply_model(self.model, params, model_state, batch["image"], train=False,
+                                 **_mask_kwargs(batch))
     scores, classes, boxes = postprocess(logits, out["boxes"], self.opts["class_loss"],
                                          self.opts["max_detections"])
     return dict(scores=scores, classes=classes, boxes=boxes, mask=batch["mask"],
@@ -309,15 +324,21 @@ class DetectionTask(Task):
   def eval_summary(self, sums):
     return {"loss": sums["loss"] / max(sums["count"], 1.0)}
 
-  def eval_summary_from_outputs(self, outputs):
+  def image_results(self, outputs):
+    """Per real image of `eval_outputs` batches: (detections, ground truth) in
+    the original image's pixels (xyxy), as `coco_map` takes them."""
     dets, gts = [], []
     for o in outputs:
       for i in np.nonzero(np.asarray(o["mask"]))[0]:
         h, w = (float(v) for v in o["orig_size"][i])
         scale = np.array([w, h, w, h], np.float32)
+        boxes = np.asarray(o["boxes"][i], np.float32)
         dets.append(dict(scores=o["scores"][i], classes=o["classes"][i],
-                         boxes=np.clip(o["boxes"][i], 0, 1) * scale))
+                         boxes=(np.clip(boxes, 0, 1) if self.clip_boxes else boxes) * scale))
         v = np.asarray(o["gt_valid"][i], bool)
         gts.append(dict(classes=o["gt_labels"][i][v], boxes=o["gt_boxes"][i][v] * scale,
                         height=h, width=w))
-    return coco_map(dets, gts, list(self.info.class_names))
+    return dets, gts
+
+  def eval_summary_from_outputs(self, outputs):
+    return coco_map(*self.image_results(outputs), list(self.info.class_names))
