@@ -22,20 +22,28 @@ Train order, a pure function of (config.seed, global step):
 * digits / imagefolder (random access): epoch e reads the examples in the
   order of a numpy permutation seeded by (seed, e). Resuming inside an epoch
   slices the index list, so skipped examples are never read.
-* TFDS (sequential tfrecord reading): epoch e reads the split with its files
-  shuffled by TFDS (`ReadConfig.shuffle_seed` = f(seed, e)), then a seeded
-  shuffle buffer (config.dataset.shuffle_buffer, seed f(seed, e)), then
-  `skip` to the resume position; images are still encoded while skipped.
+* TFDS prepared as ArrayRecord (random access, `tfds.data_source`): as
+  digits / imagefolder, a permutation seeded by (seed, e) of the split's
+  record indices; each process reads only the records of its rows, and a
+  resume reads no record of the skipped steps.
+* TFDS prepared as TFRecord (sequential reading): epoch e reads the split
+  with its files shuffled by TFDS (`ReadConfig.shuffle_seed` = f(seed, e)),
+  then a seeded shuffle buffer (config.dataset.shuffle_buffer, seed
+  f(seed, e)), then `skip` to the resume position (skipped records are read
+  again, images still encoded). With P > 1 processes and at least P files,
+  each process streams only its own part of the split
+  (`tfds.even_splits`), see `vitjax.data.source`.
 * Process i of P takes rows [i*L, (i+1)*L) of every global batch of that
   order (L = config.batch_size // P), so the local batches of step k, stacked
   in process order, are exactly the single-process batch of step k, row for
-  row. With TFDS every process reads the whole
-  stream (and keeps 1/P of it); that costs reading, not decoding.
+  row - except for a TFRecord split streamed per process, whose global batch
+  is P local shares (well defined for a given P, not the P=1 batch).
 * Augmentation is stateless; the seed of an example is derived from
   (seed, epoch, position in the epoch) - not from the process.
 
-Note: the per-example order of a TFDS epoch also depends on how the data set
-was prepared (its file sharding); it is fixed for a given prepared copy.
+Note: the per-example order of a streamed (TFRecord) TFDS epoch also depends
+on how the data set was prepared (its file sharding); it is fixed for a given
+prepared copy. An ArrayRecord epoch depends only on the stored record order.
 
 Eval: the eval split in its stored order, process i takes positions i, i+P,
 ...; every process yields ceil(ceil(N / P) / local_eval_batch) batches of the
@@ -320,12 +328,14 @@ def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
   source = make_source(config)
   spe = steps_per_epoch(config, source.info)
   geometry = bool(config.input.get('return_geometry', False))
-  if geometry and not isinstance(source, source_lib.ArraySource):
+  if geometry and not source.random_access:
     raise UserError(
         'config.input.return_geometry=True (per-example index, crop box and '
         'flip in the train batches) needs a random-access source (digits, '
-        f'imagefolder); {config.dataset.name!r} is read sequentially from '
-        'TFDS, whose examples carry no stable index here.')
+        'imagefolder, a TFDS set prepared as ArrayRecord); '
+        f'{config.dataset.name!r} is read sequentially from TFRecord files, '
+        'whose examples carry no stable index here. Fix: prepare it with '
+        '`tfds build --file_format=array_record`.')
 
   def example(raw, seed):
     if geometry:

@@ -13,8 +13,10 @@ A source (subclass `Source`) provides
                   `dataset` yields (position, raw) for the positions
                   [start, epoch_len) of epoch `epoch`'s order that process
                   `process_index` owns (`owner`), in order; the order must be
-                  a pure function of (seed, epoch). `raw` is what `load` takes
-                  (with_index=True: (example index, raw); random access only).
+                  a pure function of (seed, epoch) (and of P, for a source
+                  that streams per-process files). `raw` is what `load`
+                  takes (with_index=True: (example index, raw); random access
+                  only, see `random_access`).
                   `paths` are the files behind those rows, or None.
   eval_stream(process_index, process_count) -> (dataset, paths)
                   the eval split in its stored order, positions i, i+P, ...
@@ -24,8 +26,25 @@ A source (subclass `Source`) provides
                   the file in a UserError).
 Two sources implement it for any data: `ArraySource` (aligned numpy arrays,
 random access: a seeded permutation per epoch, resuming slices it) and
-`TfdsSource` (a prepared TFDS set read front to back: files and a shuffle
-buffer seeded per epoch, resuming skips; subclasses pick the features).
+`TfdsSource` (a prepared TFDS set; subclasses pick the features). How a
+TFDS set is read depends on the format it was prepared in:
+* ArrayRecord (`tfds build --file_format=array_record`): random access
+  (`builder.as_data_source`), exactly as `ArraySource`: the epoch order is a
+  seeded permutation of the split, each process reads only the records of
+  its own rows (in eval: positions i, i+P, ...), a resume reads no record it
+  skips. The records are parsed and decoded by the same TFDS feature code,
+  the same `decoders`, as the streaming path, so an example becomes the same
+  tensors either way; only the order differs.
+* TFRecord: streamed front to back (files and a shuffle buffer seeded per
+  epoch, resuming reads and drops the skipped records of the epoch). With P
+  processes and a split stored in at least P files, process i streams only
+  its part `tfds.even_splits(split, P, drop_remainder=True)[i]` (the files
+  holding it; a file on a boundary between two parts is read by both, the
+  second reading and dropping its head), shuffled on its own, and fills its
+  rows [i*L, (i+1)*L) of every global batch from it: the global batch of a
+  step is then well defined for a given P, but it is not the one-process
+  batch. With fewer files than processes every process streams the whole
+  split and keeps its rows (the one-process batches, as for random access).
 
 What `train_batches` guarantees, for any source and map function:
 * epoch e = step // steps_per_epoch; step s is batch (s mod steps_per_epoch)
@@ -34,7 +53,8 @@ What `train_batches` guarantees, for any source and map function:
   batches an uninterrupted run yields from step k;
 * process i of P yields rows [i*L, (i+1)*L) of every global batch
   (L = batch_size // P): the local batches of a step, stacked in process
-  order, are the single-process batch, row for row;
+  order, are the single-process batch, row for row (except a TFRecord set
+  streamed per process, above);
 * the map function gets each example's stateless seed, derived from (seed,
   epoch, position in the epoch), never from the process.
 `eval_batches` makes one pass; every process yields ceil(ceil(N / P) / L)
@@ -63,6 +83,10 @@ _log = logging.getLogger(__name__)
 # produced, in a background thread this many steps before the current epoch
 # ends, so epoch boundaries do not stall small data sets.
 LOOKAHEAD_STEPS = 4
+
+# A random-access source reads its records in requests of at most this many
+# (one `__getitems__` call each, several in flight).
+READ_CHUNK = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +140,18 @@ def owner(position, batch_size: int, process_count: int):
   return (position % batch_size) // (batch_size // process_count)
 
 
+def epoch_rows(seed, epoch, n, epoch_len, start, process_index, process_count,
+               batch_size) -> tuple[np.ndarray, np.ndarray]:
+  """(positions, example indices) a random-access source reads in epoch `epoch`:
+  the positions [start, epoch_len) this process owns, in a seeded
+  permutation of the n examples (a pure function of (seed, epoch))."""
+  order = np.random.RandomState(derive_seed(seed, epoch) % 2**32)
+  order = order.permutation(n)[:epoch_len]
+  positions = np.arange(start, epoch_len)
+  positions = positions[owner(positions, batch_size, process_count) == process_index]
+  return positions, order[positions]
+
+
 def finish(ds: tf.data.Dataset) -> tf.data.Dataset:
   """Deterministic, prefetched: the last step of every pipeline."""
   options = tf.data.Options()
@@ -135,6 +171,11 @@ class Source:
   # File sources only: drop files that fail to decode ('skip'), or name the
   # file in a UserError ('error').
   corrupt_images: str | None = None
+
+  @property
+  def random_access(self) -> bool:
+    """Whether any example can be read alone (with_index works, resumes skip nothing)."""
+    return False
 
   def load(self, a, b):
     return a, b
@@ -164,18 +205,20 @@ class ArraySource(Source):
   load_fn: Callable[..., Any] | None = None
   has_paths: bool = False  # `a` holds image file paths (for error messages).
 
+  @property
+  def random_access(self) -> bool:
+    return True
+
   def load(self, a, b):
     return self.load_fn(a, b) if self.load_fn else (a, b)
 
   def train_stream(self, seed, epoch, epoch_len, start, process_index,
                    process_count, batch_size, with_index=False):
-    n = len(self.train_data[1])
-    order = np.random.RandomState(derive_seed(seed, epoch) % 2**32)
-    order = order.permutation(n)[:epoch_len]
-    positions = np.arange(start, epoch_len)
-    positions = positions[owner(positions, batch_size, process_count) == process_index]
-    a, b = (x[order[positions]] for x in self.train_data)
-    raw = (order[positions], (a, b)) if with_index else (a, b)
+    positions, index = epoch_rows(seed, epoch, len(self.train_data[1]),
+                                  epoch_len, start, process_index,
+                                  process_count, batch_size)
+    a, b = (x[index] for x in self.train_data)
+    raw = (index, (a, b)) if with_index else (a, b)
     ds = tf.data.Dataset.from_tensor_slices((positions, raw))
     return ds, (a if self.has_paths else None)
 
@@ -202,12 +245,13 @@ def _not_prepared(name, data_dir) -> UserError:
 
 
 class TfdsSource(Source):
-  """A prepared TFDS dataset, read sequentially.
+  """A prepared TFDS dataset: random access if prepared as ArrayRecord, else streamed.
 
   A subclass opens the builder and sets `builder`, `name`, `data_dir`,
   `decoders`, `train_split`, `eval_split`, `shuffle_buffer`, implements
   `select(example) -> (a, b)` (the raw pair `load` takes) and then calls
-  `Source.__init__(self, info=...)`.
+  `Source.__init__(self, info=...)`. How each format is read: the module
+  docstring.
   """
   builder: Any
   name: str
@@ -243,6 +287,66 @@ class TfdsSource(Source):
       raise UserError(f'TFDS split {self.name}:{split} is empty.')
     return n
 
+  @property
+  def random_access(self) -> bool:
+    """True when the prepared files are ArrayRecord (read by record index)."""
+    info = self.builder.info
+    file_format = getattr(info.file_format, 'value', info.file_format)
+    return bool(info.splits) and file_format == 'array_record'
+
+  def records(self, split):
+    """The random-access reader of `split`: index -> serialized example (bytes)."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    readers = self.__dict__.setdefault('_readers', {})
+    if split not in readers:
+      readers[split] = self.builder.as_data_source(
+          split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    return readers[split]
+
+  def _decode_fn(self):
+    """serialized example -> features, decoded as `read` decodes them (same `decoders`)."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    features, decoders = self.builder.info.features, self.decoders
+    if isinstance(decoders, tfds.decode.PartialDecoding):
+      features = decoders.extract_features(features)
+      decoders = decoders.decoders
+    return lambda data: features.deserialize_example(data, decoders=decoders)
+
+  def read_rows(self, split, positions, index, with_index=False) -> tf.data.Dataset:
+    """(position, raw) for the records `index` of `split`, read by random access.
+
+    Only these records are read, in requests of READ_CHUNK, in order."""
+    reader, decode = self.records(split), self._decode_fn()
+
+    def fetch(idx):
+      return np.array(reader.__getitems__(idx.tolist()), dtype=object)
+
+    def chunk(pos, idx):
+      data = tf.numpy_function(fetch, [idx], tf.string)
+      data.set_shape(idx.shape)
+      return pos, idx, data
+
+    def element(pos, idx, data):
+      raw = self.select(decode(data))
+      return pos, ((idx, raw) if with_index else raw)
+
+    ds = tf.data.Dataset.from_tensor_slices(
+        (np.asarray(positions, np.int64), np.asarray(index, np.int64)))
+    ds = ds.batch(READ_CHUNK).map(chunk, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.unbatch().map(element, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def process_part(self, split, process_index, process_count):
+    """The part of `split` this process streams alone, or None (every process
+    streams the whole split): per-process parts need at least one file per process."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    splits = self.builder.info.splits
+    if process_count == 1 or not splits:
+      return None
+    if len(splits[split].file_instructions) < process_count:
+      return None
+    return tfds.even_splits(split, n=process_count,
+                            drop_remainder=True)[process_index]
+
   def read(self, split, shuffle_seed=None) -> tf.data.Dataset:
     """`split` as (a, b) pairs; files shuffled with `shuffle_seed` (None: in order)."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -254,8 +358,17 @@ class TfdsSource(Source):
 
   def train_stream(self, seed, epoch, epoch_len, start, process_index,
                    process_count, batch_size, with_index=False):
+    if self.random_access:
+      rows = epoch_rows(seed, epoch, len(self.records(self.train_split)),
+                        epoch_len, start, process_index, process_count,
+                        batch_size)
+      return self.read_rows(self.train_split, *rows, with_index=with_index), None
     if with_index:
       raise ValueError('A sequentially read TFDS source has no stable example index.')
+    part = self.process_part(self.train_split, process_index, process_count)
+    if part is not None:
+      return self._own_files_stream(part, seed, epoch, epoch_len, start,
+                                    process_index, process_count, batch_size), None
     epoch_seed = derive_seed(seed, epoch)
     ds = self.read(self.train_split, shuffle_seed=epoch_seed)
     ds = ds.shuffle(self.shuffle_buffer, seed=epoch_seed,
@@ -264,7 +377,26 @@ class TfdsSource(Source):
     return ds.filter(lambda pos, _: owner(pos, batch_size, process_count)
                      == process_index), None
 
+  def _own_files_stream(self, part, seed, epoch, epoch_len, start,
+                        process_index, process_count, batch_size):
+    """This process's rows of the epoch, streamed from its own part of the split.
+
+    Its k-th example fills row k mod L of its rows of global batch k // L."""
+    local = batch_size // process_count
+    part_seed = derive_seed(seed, epoch, process_index, process_count)
+    ds = self.read(part, shuffle_seed=part_seed)
+    ds = ds.shuffle(self.shuffle_buffer, seed=part_seed,
+                    reshuffle_each_iteration=False)
+    ds = ds.take(epoch_len // process_count).enumerate().skip(start // process_count)
+    return ds.map(lambda k, raw: (
+        k // local * batch_size + process_index * local + k % local, raw))
+
   def eval_stream(self, process_index, process_count):
+    if self.random_access:
+      n = len(self.records(self.eval_split))
+      index = np.arange(process_index, n, process_count)
+      ds = self.read_rows(self.eval_split, index, index)
+      return ds.map(lambda _, raw: raw), None
     ds = self.read(self.eval_split)
     return ds.shard(process_count, process_index), None
 
