@@ -166,7 +166,7 @@ def _shapes_folder(directory, split, n, seed):
   """Shapes images at three sizes (64x64, 48x80, 96x72; boxes scaled with them)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from vitjax.data import shapes  # pylint: disable=g-import-not-at-top
-  records = shapes.generate(split, n, seed, 64, 3, (0.15, 0.3))
+  records = shapes.generate({"val": "validation"}.get(split, split), n, seed, 64, 3, (0.15, 0.3))
   images, boxes, classes = [], [], []
   for i, r in enumerate(records):
     h, w = [(64, 64), (48, 80), (96, 72)][i % 3]
@@ -279,3 +279,13 @@ def test_square_protocol_unchanged_and_bad_settings():
   with pytest.raises(UserError, match="canvas"):
     next(dd.eval_iterator(shapes_config(resize="detr", min_size=32, max_size=48,
                                         canvas=(24, 48))))
+
+
+def test_too_many_objects_is_a_user_error():
+  from test_detection import _config as shapes_config  # pylint: disable=g-import-not-at-top
+  from vitjax.data import detr_protocol  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  opts = dd._settings(shapes_config(resize="detr", min_size=32, max_size=48))  # pylint: disable=protected-access
+  targets = np.tile(np.array([[0.1, 0.1, 0.5, 0.5, 1]], np.float32), (opts["max_boxes"] + 1, 1))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="more objects than max_boxes"):
+    detr_protocol.eval_example(tf.zeros([32, 32, 3], tf.uint8), tf.constant(targets), opts)

@@ -151,7 +151,9 @@ def _pad(image, opts):
   """Normalised float image -> (canvas image, pixel_mask)."""
   ch, cw = opts["canvas"]
   hw = tf.shape(image)[:2]
-  tf.debugging.assert_less_equal(hw, tf.constant([ch, cw]), message=_CANVAS_CHECK)
+  check = tf.debugging.assert_less_equal(hw, tf.constant([ch, cw]), message=_CANVAS_CHECK)
+  with tf.control_dependencies([check]):
+    hw = tf.identity(hw)
   pad = [[0, ch - hw[0]], [0, cw - hw[1]]]
   image = tf.pad(image, pad + [[0, 0]])
   mask = tf.pad(tf.ones(hw, tf.int32), pad)
@@ -164,7 +166,9 @@ def _targets(boxes, labels, hw, opts, min_box):
   boxes, labels = tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
   t, n = opts["max_boxes"], tf.shape(labels)[0]
   from vitjax.data.detection import _TOO_MANY  # pylint: disable=g-import-not-at-top
-  tf.debugging.assert_less_equal(n, t, message=_TOO_MANY)
+  check = tf.debugging.assert_less_equal(n, t, message=_TOO_MANY)
+  with tf.control_dependencies([check]):
+    n = tf.identity(n)
   hw = tf.cast(hw, tf.float32)
   boxes = boxes / tf.stack([hw[1], hw[0], hw[1], hw[0]])
   cxcywh = tf.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2,
