@@ -11,9 +11,12 @@ Sources (config.dataset.name):
                  'test'); classes background, circle, square, triangle.
   'tfds:<name>'  a prepared TFDS dataset with an image feature and a
                  segmentation-mask feature whose pixel values are class ids.
+  'folder:<root>'  images/<split>/*.jpg + annotations/<split>/*.png (the
+                 ADE20K layout; vitjax.data.seg_folder: reduce_zero_label,
+                 bad_labels).
 
 Settings in config.task_kwargs (all optional):
-  num_classes        TFDS only (required there): number of classes;
+  num_classes        TFDS and folder only (required there): number of classes;
                      mask values >= num_classes count as ignored.
   image_key / mask_key  TFDS feature names ('image', 'segmentation_mask').
   ignore_index       label of pixels without a class (255).
@@ -30,7 +33,9 @@ draws): colour jitter (image only), random resize by a factor in
 scale_range (bilinear for the image, nearest for the labels), padding to
 at least image_size (labels padded with ignore_index), a random
 image_size x image_size crop and a horizontal flip (config.input.flip).
-Eval: resize to image_size x image_size (labels nearest).
+Eval (`eval_iterator`, used by mask classification): resize to image_size x
+image_size (labels nearest). The segmentation task evaluates on the original
+label maps instead (vitjax.data.dense_eval).
 
 Batches: image float32 [b, S, S, 3] (normalised with config.input.mean /
 std), label int32 [b, S, S]; eval batches also mask bool [b].
@@ -163,8 +168,12 @@ def make_source(config) -> source_lib.Source:
     return _shapes_source(config)
   if isinstance(name, str) and name.startswith("tfds:"):
     return _TfdsSegSource(config, name[len("tfds:"):])
+  if isinstance(name, str) and name.startswith("folder:"):
+    from vitjax.data import seg_folder  # pylint: disable=g-import-not-at-top
+    return seg_folder.make_source(config, name[len("folder:"):], option)
   raise UserError(f"config.dataset.name={name!r}: segmentation reads 'shapes' (embedded) "
-                  "or 'tfds:<name>' (a TFDS dataset with segmentation masks).")
+                  "or 'tfds:<name>' (a TFDS dataset with segmentation masks) or "
+                  "'folder:<root>' (images/<split>/*.jpg + annotations/<split>/*.png).")
 
 
 def get_dataset_info(config) -> DatasetInfo:

@@ -5,6 +5,13 @@ they are upsampled bilinearly to the label map's size before the loss and
 the argmax, as in the SegFormer paper. Pixels labelled `ignore_index` (255;
 config.task_kwargs.ignore_index) count in neither the loss nor the metrics.
 
+Evaluation runs on the original label maps (the mmseg / HF protocol):
+vitjax.data.dense_eval resizes each image by config.task_kwargs.eval_resize
+('square' by default, or keeping the aspect ratio) and pads it to a static
+canvas; vitjax.tasks.seg_inference turns the logits ('whole' image or
+'slide' windows: eval_inference, eval_crop, eval_stride) into logits at
+the label map's own size, where the metrics are computed.
+
 Evaluation accumulates a [C, C] confusion matrix (rows: true class, columns:
 prediction) in `eval_sums`; `eval_summary` reports
   miou            mean over classes present in labels or predictions of
@@ -12,13 +19,15 @@ prediction) in `eval_sums`; `eval_summary` reports
   pixel_accuracy  sum TP / labelled pixels,
   iou/<class>     every class's IoU (NaN-free: a class absent from both is left out),
   loss            mean per-pixel cross-entropy.
-Data: vitjax.data.dense (train_iterator / eval_iterator / dataset_info below).
+Data: vitjax.data.dense (train batches, dataset info), vitjax.data.dense_eval (eval).
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.data import dense_eval
+from vitjax.tasks import seg_inference
 from vitjax.tasks.base import Task, apply_model, register_task
 
 
@@ -67,14 +76,15 @@ def segmentation_metrics(confusion, class_names=None) -> dict:
 # Settings vitjax.data.dense reads from config.task_kwargs (its docstring has them).
 DENSE_DATA_KWARGS = ("num_classes", "image_key", "mask_key", "num_train_images",
                      "num_eval_images", "shapes_image_size", "shapes_max_objects",
-                     "shapes_size_range", "shapes_labels", "scale_range", "color_jitter")
+                     "shapes_size_range", "shapes_labels", "scale_range", "color_jitter",
+                     "reduce_zero_label", "bad_labels")
 
 
 @register_task("segmentation")
 class SegmentationTask(Task):
   """Images -> a class per pixel."""
 
-  kwargs = {"ignore_index": 255}
+  kwargs = {"ignore_index": 255, **dense_eval.EVAL_DEFAULTS}
   data_kwargs = DENSE_DATA_KWARGS
   data_source = "vitjax.data.dense"
 
@@ -82,6 +92,17 @@ class SegmentationTask(Task):
     super().__init__(config, info, model)
     self.num_classes = info.num_classes
     self.ignore_index = int(self.kw["ignore_index"])
+    self.protocol = dense_eval.protocol(config)
+
+  @classmethod
+  def check_config(cls, config):
+    super().check_config(config)
+    dense_eval.protocol(config)
+
+  def eval_iterator(self, config, *, process_index: int = 0, process_count: int = 1):
+    """The eval split at the original label sizes (vitjax.data.dense_eval)."""
+    return dense_eval.eval_iterator(self.source_config(config), process_index=process_index,
+                                    process_count=process_count)
 
   def _logits(self, params, model_state, images, labels, *, train, rng=None):
     logits, _, new_state = apply_model(self.model, params, model_state, images, train=train,
@@ -100,9 +121,17 @@ class SegmentationTask(Task):
     acc = jnp.sum((jnp.argmax(logits, -1) == labels) & valid) / jnp.maximum(jnp.sum(valid), 1)
     return loss, ({"pixel_accuracy": acc}, new_state, None)
 
+  def eval_logits(self, params, model_state, batch):
+    """Logits [B, Lh, Lw, C] at the original label sizes (a dense_eval batch)."""
+    apply = lambda x: apply_model(self.model, params, model_state, x, train=False)[0]
+    return seg_inference.infer(apply, batch, self.protocol)
+
   def eval_sums(self, params, model_state, batch):
     labels = batch["label"]
-    logits, _ = self._logits(params, model_state, batch["image"], labels, train=False)
+    if "label_size" in batch:  # dense_eval's batches
+      logits = self.eval_logits(params, model_state, batch)
+    else:  # square batches (vitjax.data.dense.eval_iterator)
+      logits, _ = self._logits(params, model_state, batch["image"], labels, train=False)
     rows = batch["mask"][:, None, None]
     labels = jnp.where(rows, labels, self.ignore_index)
     total, count = pixel_cross_entropy(logits, labels, self.ignore_index)
