@@ -24,7 +24,7 @@ CASES = [("quickstart", None), ("quickstart", "resnet_size"), ("tome_digits", No
     ("mobilevit_s", "v2"),
     ("focal_digits", None), ("focal_digits", "lrf"), ("focal_tiny", None), ("focal_tiny", "lrf"),
     ("multilabel_digits", None), ("multilabel_digits", "mixup"),
-    ("vit_b16", "imagenet,medium2"),
+    ("vit_b16", "imagenet,medium2"), ("vit_h14", None), ("vit_g14", None),
     ("mae_digits", None), ("mae_vit_b16", None),
     ("simmim_digits", None), ("simmim_swin_b", None), ("simmim_vit_b16", None),
     ("dino_digits", None), ("dino_vit_s16", None), ("dino_vit_s16", "300ep"),

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from conftest import FAST, ROOT, run_main
+from conftest import ROOT, run_main
+from experiments.fault_injection import final_eval, kill_after
 from vitjax import sharding as shard_lib
 from vitjax.config import default_config, validate_config
 from vitjax.errors import UserError
@@ -212,3 +213,45 @@ def test_a_checkpoint_written_under_fsdp8_restores_onto_4_and_1_devices(runs, tm
     assert loaded[n].files == loaded[8].files
     for k in loaded[8].files:
       np.testing.assert_array_equal(loaded[n][k], loaded[8][k])
+
+
+def _free_port():
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_with_fsdp_equal_one_process(tmp_path):
+  overrides = COMMON + _overrides(MESHES["fsdp8"])
+  single = str(tmp_path / "single")
+  run_main(single, *overrides, devices=4)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+  wd, port = str(tmp_path / "pair"), _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "vitjax.main", f"--config={ROOT}/configs/quickstart.py",
+       f"--workdir={wd}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+       f"--process_id={i}"] + [f"--config.{o}" for o in overrides],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-3000:]
+  a, b = _losses(single), _losses(wd)
+  assert sorted(a) == sorted(b) == list(range(1, 21))
+  assert max(abs(a[s] - b[s]) / abs(a[s]) for s in a) < 1e-5
+  assert final_eval(wd)["eval/accuracy"] == final_eval(single)["eval/accuracy"]
+
+
+@pytest.mark.slow
+def test_sigkill_under_fsdp_then_the_same_command_resumes_exactly(runs, tmp_path):
+  overrides = COMMON[:-1] + ("checkpoint_every_steps=3",) + _overrides(MESHES["fsdp8"])
+  wd = str(tmp_path / "wd")
+  seconds = float(np.random.RandomState().uniform(0.5, 4.0))
+  kill_after(wd, list(overrides), seconds, devices=8)
+  run_main(wd, *overrides, devices=8)
+  mine, ref = final_eval(wd), final_eval(runs["fsdp8"])
+  assert mine["eval/accuracy"] == ref["eval/accuracy"], seconds
+  assert mine["eval/loss"] == pytest.approx(ref["eval/loss"], rel=1e-6), seconds
