@@ -17,8 +17,8 @@ from vitjax import optim
 from vitjax.config import default_config
 from vitjax.errors import UserError
 from vitjax.models import create_model, list_models
-from vitjax.models.features import (FeatureLevel, feature_levels, layer_groups,
-                                    select_features, select_levels)
+from vitjax.models.features import (FeatureLevel, create_backbone, feature_levels,
+                                    layer_groups, select_features, select_levels)
 
 DENSE_HEADS = ("detr_", "deformable_detr_", "conditional_detr_", "maskformer_")
 
@@ -217,6 +217,11 @@ _BACKBONES = {
     "pvt_v2_b0": dict(embed_dims=(32, 32), depths=(1, 1), num_heads=(1, 1), mlp_ratios=(2, 2),
                       sr_ratios=(2, 1), patch_sizes=(7, 3), strides=(4, 2),
                       drop_path_rate=0.0),
+    # A plain ViT: ViTDet's simple feature pyramid on its stride-16 map
+    # (automatic for MaskFormer / Deformable DETR; asked for here so that
+    # DETR reads the pyramid's stride-32 map too).
+    "vit_tiny_patch16_224": dict(hidden_size=32, depth=1, num_heads=2, mlp_dim=64,
+                                 simple_pyramid=dict(out_channels=32, top_maxpool=False)),
 }
 
 
@@ -243,13 +248,20 @@ def _train(config, backbone, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["resnet18", "swin_tiny_patch4_window7_224",
-                                      "convnext_tiny"])
+                                      "convnext_tiny", "vit_tiny_patch16_224"])
 def test_detr_trains_on_a_backbone_by_name(backbone, tmp_path):
   _train(_config("detr_shapes", "tiny"), backbone, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["resnet18", "swin_tiny_patch4_window7_224", "pvt_v2_b0"])
+@pytest.mark.parametrize("backbone", ["swin_tiny_patch4_window7_224", "vit_tiny_patch16_224"])
+def test_deformable_detr_trains_on_a_backbone_by_name(backbone, tmp_path):
+  _train(_config("deformable_detr_shapes", "tiny"), backbone, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["resnet18", "swin_tiny_patch4_window7_224", "pvt_v2_b0",
+                                      "vit_tiny_patch16_224"])
 def test_maskformer_trains_on_a_backbone_by_name(backbone, tmp_path):
   config = _config("maskformer_shapes", "tiny")
   config.model.stage_norms = False
@@ -260,8 +272,22 @@ def test_maskformer_trains_on_a_backbone_by_name(backbone, tmp_path):
   _train(config, backbone, tmp_path)
 
 
-def test_dense_heads_refuse_a_single_stride_backbone():
+def test_plain_vit_gets_the_simple_pyramid():
+  """MaskFormer asks for several strides: a ViT gets the pyramid (8, 16, 32,
+  64 from its stride-16 map) at any input size; refused only when the user
+  turns the pyramid off."""
   m = create_model("maskformer_tiny", backbone="vit_tiny_patch16_224",
                    backbone_kwargs=dict(depth=1))
+  x = jnp.zeros((1, 100, 150, 3))
+  v = jax.eval_shape(m.init, jax.random.PRNGKey(0), x)
+  assert set(v["params"]["backbone"]) == {"body", "pyramid"}
+  _, out = jax.eval_shape(m.apply, v, x)
+  assert [out[f"stage_{i}"].shape[1:3] for i in range(4)] == [(12, 18), (6, 9), (3, 4), (2, 2)]
+  off = create_model("maskformer_tiny", backbone="vit_tiny_patch16_224",
+                     backbone_kwargs=dict(depth=1, simple_pyramid=False))
   with pytest.raises(UserError, match="one feature stride"):
-    jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+    jax.eval_shape(off.init, jax.random.PRNGKey(0), x)
+  with pytest.raises(UserError, match="scale_factors"):
+    create_backbone("vit_tiny_patch16_224", dict(simple_pyramid=dict(scale_factors=(3.0,))))
+  # DETR reads one map: a ViT feeds its own stride-16 map unless asked.
+  assert feature_levels(create_backbone("vit_tiny_patch16_224"))[0].stride == 16

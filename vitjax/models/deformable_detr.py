@@ -254,8 +254,8 @@ class DeformableDETR(nn.Module):
     two-stage proposals over each image's extent)."""
     d, det = self.hidden_dim, not train
     out = {}
-    bb = create_backbone(self.backbone, self.backbone_kwargs, dtype=self.dtype).clone(
-        parent=self, name="backbone")
+    bb = create_backbone(self.backbone, self.backbone_kwargs, multi_scale=True,  # ViT: pyramid
+                         dtype=self.dtype).clone(parent=self, name="backbone")
     _, bb_out = bb(images, train=train and self.backbone_train_bn)
     levels = select_levels(bb)  # one map per stride, fine to coarse
     out.update({lv.name: bb_out[lv.name] for lv in levels})

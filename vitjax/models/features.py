@@ -52,6 +52,22 @@ Dense heads build their backbone with `create_backbone(name, kwargs)`: any
 registered backbone by name, plus overrides, under the parameter name
 'backbone'.
 
+Plain ViTs in dense heads (ViTDet's simple feature pyramid): a backbone with
+one stride (ViT, DeiT, ...) is wrapped in `layers.simple_pyramid.
+PyramidBackbone`, which turns its map into levels 'pyramid_<stride>' (from a
+stride-16 map: 8, 16, 32, 64 by deconvolution, identity, max-pool and a top
+max-pool, each through 1x1 + 3x3 convs with LayerNorm, 256 wide). Who asks:
+- the head, for heads that need several strides (MaskFormer, Deformable
+  DETR) call `create_backbone(..., multi_scale=True)`: a single-stride
+  backbone is wrapped automatically; hierarchical ones are left as they are;
+- the user, for any head, with `backbone_kwargs={'simple_pyramid': ...}`:
+  True (the defaults), False (never, even for a multi-scale head), or a dict
+  of PyramidBackbone settings (`out_channels`, `scale_factors` from
+  (4.0, 2.0, 1.0, 0.5), `top_maxpool`). DETR / Conditional DETR read one map
+  (the coarsest), so a plain ViT feeds them its stride-16 map unless asked.
+A wrapped ViT resamples its learned position embedding to every input's
+grid (`posemb_interpolate=True`, unless set), so it runs at any input size.
+
 Block order (fine-tuning controls)
 ----------------------------------
 `layer_groups(model)` -> a tuple of groups of parameter paths ('a/b' prefixes
@@ -140,19 +156,42 @@ def select_features(model, out: Mapping[str, Any],
 
 
 def create_backbone(backbone: Union[str, Mapping[str, Any], None],
-                    backbone_kwargs: Optional[Mapping[str, Any]] = None, **fixed):
+                    backbone_kwargs: Optional[Mapping[str, Any]] = None, *,
+                    multi_scale: bool = False, **fixed):
   """The unbound backbone of a dense head: a registry name plus overrides
   (`fixed` last; `num_classes=0` always), or a dict of ResNet keyword
-  arguments (the named detectors' and the HF converters' form)."""
+  arguments (the named detectors' and the HF converters' form). A
+  single-stride backbone gets the simple feature pyramid when `multi_scale`
+  (the head needs several strides) or `simple_pyramid` in the kwargs asks
+  (module docstring)."""
   from vitjax.models.registry import create_model  # pylint: disable=g-import-not-at-top
   kw = dict(backbone_kwargs or {})
   if backbone is None or not isinstance(backbone, str):
     kw = {"depth": 50, **dict(backbone or {}), **kw}
     backbone = "resnet50"
+  pyramid = kw.pop("simple_pyramid", None)
   kw.update(fixed, num_classes=0)
   model = create_model(backbone, **kw)
-  feature_levels(model)  # a clear error now for a model that is no backbone
-  return model
+  levels = feature_levels(model)  # a clear error now for a model that is no backbone
+  if pyramid is None:
+    pyramid = multi_scale and len({lv.stride for lv in levels}) == 1
+  if not pyramid:
+    return model
+  from vitjax.models.layers.simple_pyramid import PyramidBackbone  # pylint: disable=g-import-not-at-top
+  settings = dict(pyramid) if isinstance(pyramid, Mapping) else {}
+  unknown = set(settings) - {"out_channels", "scale_factors", "top_maxpool"}
+  if unknown:
+    raise UserError(f"simple_pyramid settings {sorted(unknown)} are unknown; use "
+                    "out_channels, scale_factors, top_maxpool.")
+  extra = {"posemb_interpolate": True} if (
+      hasattr(model, "posemb_interpolate") and "posemb_interpolate" not in kw) else {}
+  if "dtype" in fixed:
+    settings.setdefault("dtype", fixed["dtype"])
+  # parent=None: both are adopted where the head binds the wrapper (not where
+  # this is called, which may be inside the head's compact __call__).
+  wrapped = PyramidBackbone(model.clone(parent=None, **extra), parent=None, **settings)
+  feature_levels(wrapped)
+  return wrapped
 
 
 def stage_layer_groups(stem: Sequence[str], depths: Sequence[int],

@@ -96,7 +96,8 @@ class MaskFormer(nn.Module):
   """Backbone + pixel decoder + transformer decoder -> (class, mask) per query.
 
   backbone: a registered backbone's name (Swin, ResNet, ConvNeXt, PVT v2, ...:
-    one map per feature stride feeds the pixel decoder, vitjax/models/features.py);
+    one map per feature stride feeds the pixel decoder, vitjax/models/features.py;
+    a plain ViT through ViTDet's simple feature pyramid);
     backbone_kwargs: overrides for it (e.g. depths, drop_path_rate).
   stage_norms: a LayerNorm on every stage map (MaskFormer's Swin backbone).
   num_classes: C (the no-object class C is added); num_queries: N.
@@ -135,12 +136,14 @@ class MaskFormer(nn.Module):
   @nn.compact
   def __call__(self, images, *, train: bool = False):
     deterministic = not train
-    backbone = create_backbone(self.backbone, self.backbone_kwargs).clone(
+    # A plain ViT gets ViTDet's simple feature pyramid (models/features.py).
+    backbone = create_backbone(self.backbone, self.backbone_kwargs, multi_scale=True).clone(
         parent=self, name="backbone")
     if len(select_levels(backbone)) < 2:
       raise UserError(f"MaskFormer backbone {self.backbone!r} has one feature stride "
                       f"({feature_levels(backbone)[0].stride}); its pixel decoder needs >= 2. "
-                      "Use a hierarchical backbone (resnet50, swin_*, convnext_*, pvt_v2_*).")
+                      "Use a hierarchical backbone (resnet50, swin_*, convnext_*, pvt_v2_*) or "
+                      "leave backbone_kwargs.simple_pyramid unset for a plain ViT.")
     _, feats = backbone(images, train=train)
     maps = select_features(backbone, feats)  # one per stride, fine to coarse
     if self.stage_norms:

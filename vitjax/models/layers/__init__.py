@@ -44,3 +44,8 @@ from vitjax.models.layers.neighborhood_attention import (  # noqa: E402
     NeighborhoodAttention, check_neighborhood, neighborhood_indices)
 
 __all__ += ["NeighborhoodAttention", "check_neighborhood", "neighborhood_indices"]
+
+from vitjax.models.layers.simple_pyramid import (  # noqa: E402
+    PyramidBackbone, SimpleFeaturePyramid)
+
+__all__ += ["PyramidBackbone", "SimpleFeaturePyramid"]
