@@ -47,7 +47,8 @@ def default_config() -> ml_collections.ConfigDict:
       # Train batches also get `index` (the example's position in the train
       # split), `crop_box` [y0, x0, y1, x1] (relative to the source image) and
       # `flipped`: for per-example targets that must follow the augmentation
-      # (token-labeling score maps from a file). Digits / imagefolder only.
+      # (token-labeling score maps from a file). Random-access sources only
+      # (digits, imagefolder, TFDS prepared as ArrayRecord).
       return_geometry=False,
   ))
 

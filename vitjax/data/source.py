@@ -289,10 +289,11 @@ class TfdsSource(Source):
 
   @property
   def random_access(self) -> bool:
-    """True when the prepared files are ArrayRecord (read by record index)."""
+    """True when the set is prepared as ArrayRecord (read by record index)."""
     info = self.builder.info
-    file_format = getattr(info.file_format, 'value', info.file_format)
-    return bool(info.splits) and file_format == 'array_record'
+    formats = {info.file_format, *getattr(info, 'available_file_formats', set)()}
+    return bool(info.splits) and 'array_record' in {
+        getattr(f, 'value', f) for f in formats}
 
   def records(self, split):
     """The random-access reader of `split`: index -> serialized example (bytes)."""
