@@ -29,6 +29,7 @@ from vitjax.data import dense, dense_eval, seg_folder, shapes
 from vitjax.errors import UserError
 from vitjax.tasks import get_task, seg_inference
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # HF's (ImageNet) defaults
 
 
@@ -295,15 +296,70 @@ def test_segformer_trains_on_a_folder_and_scores_original_labels(tmp_path):
   _shapes_folder(root, "training", [(32, 4), (48, 4), (40, 4)], 0)
   _shapes_folder(root, "validation", [(32, 2), (48, 2), (40, 2)], 1)
   wd = str(tmp_path / "run")
+  config = tmp_path / "folder_config.py"  # the shapes config's tiny model on the folder
+  config.write_text(
+      "import importlib.util, os\n"
+      f"spec = importlib.util.spec_from_file_location('c', {os.path.join(ROOT, 'configs', 'segformer_shapes.py')!r})\n"
+      "mod = importlib.util.module_from_spec(spec)\n"
+      "spec.loader.exec_module(mod)\n"
+      "def get_config(arg=None):\n"
+      "  c = mod.get_config('tiny')\n"
+      f"  c.dataset.name = 'folder:{root}'\n"
+      "  c.task_kwargs = dict(num_classes=4, eval_resize='short_side', eval_crop=32,\n"
+      "                       eval_stride=16, eval_inference=arg)\n"
+      "  return c\n")
   for inference in ("whole", "slide"):
     run_main(wd + inference, "total_steps=3", "eval_every_steps=3", "log_every_steps=3",
              "batch_size=4", "eval_batch_size=4", "input.image_size=32",
-             f"dataset.name=folder:{root}", "dataset.train_split=training",
-             "dataset.eval_split=validation", "task_kwargs.num_classes=4",
-             "task_kwargs.eval_resize=short_side", f"task_kwargs.eval_inference={inference}",
-             "task_kwargs.eval_crop=32", "task_kwargs.eval_stride=16",
-             config="configs/segformer_shapes.py:tiny")
+             "dataset.train_split=training", "dataset.eval_split=validation",
+             config=f"{config}:{inference}")
     lines = [json.loads(l) for l in open(os.path.join(wd + inference, "metrics.jsonl"))]
     final = [l for l in lines if "eval/miou" in l][-1]
     assert final["step"] == 3 and 0 <= final["eval/miou"] <= 1
     assert np.isfinite(final["eval/loss"])
+
+
+# ---------------------------------------------------------------------------
+# Pictures on image files (python -m vitjax.tools.segment --images ...).
+
+def _tool_workdir(tmp_path, name, **task_kwargs):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location(name, os.path.join(root, "configs",
+                                                                     f"{name}_shapes.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config("tiny")
+  c.input.image_size = 32
+  c.task_kwargs.update(task_kwargs)
+  d = tmp_path / name
+  d.mkdir()
+  (d / "config.json").write_text(json.dumps(c.to_dict()))
+  return str(d)
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("segformer", {}),
+    pytest.param("segformer", {"eval_resize": "none"}, marks=pytest.mark.slow),
+    pytest.param("maskformer", {}, marks=pytest.mark.slow)])
+def test_segment_tool_draws_image_files_at_their_size(tmp_path, name, kw):
+  from vitjax.tools import segment  # pylint: disable=g-import-not-at-top
+  wd = _tool_workdir(tmp_path, name, **kw)
+  rng = np.random.default_rng(0)
+  files = []
+  for i, (h, w) in enumerate([(37, 53), (64, 48)]):
+    path = str(tmp_path / f"photo{i}.{'jpg' if i else 'png'}")
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    files.append(path)
+  out = str(tmp_path / "drawn")
+  paths = segment.run(wd, out, images=files, random_init=True)
+  assert [os.path.basename(p) for p in paths] == ["photo0.png", "photo1.png"]
+  for p, (h, w) in zip(paths, [(37, 53), (64, 48)]):
+    drawn = np.asarray(Image.open(p))
+    assert drawn.shape == (h, 2 * w, 3)  # image | overlay, at the original size
+  np.testing.assert_array_equal(np.asarray(Image.open(paths[0]))[:, :53],
+                                np.asarray(Image.open(files[0])))
+  with pytest.raises(UserError, match="overwrite an input image"):
+    segment.run(wd, str(tmp_path), images=[files[0]], random_init=True)
+  with pytest.raises(UserError, match="cannot read"):
+    segment.run(wd, out, images=[str(tmp_path / "config_missing.jpg")], random_init=True)
