@@ -78,6 +78,17 @@ def test_evaluate_command_line_with_an_override(run_dir, tmp_path):
   assert p.returncode != 0 and "vitjax error" in p.stderr and "no_such_field" in p.stderr
 
 
+def test_export_command_line(run_dir, tmp_path):
+  from vitjax.tools import export  # pylint: disable=g-import-not-at-top
+  wd, _ = run_dir
+  export.main([f"--workdir={wd}", f"--out={tmp_path / 'hf'}"])
+  cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+  assert cfg["model_type"] == "vit" and (tmp_path / "hf" / "model.safetensors").is_file()
+  with pytest.raises(SystemExit) as e:
+    export.main([f"--workdir={wd}", f"--out={wd}"])  # would overwrite the run's config.json
+  assert e.value.code == 2
+
+
 def test_evaluate_an_exported_snapshot(run_dir, tmp_path, torch, transformers):
   """The run -> HF snapshot -> evaluate --checkpoint: the same accuracy."""
   pytest.importorskip("vitjax.convert.pretrained")
