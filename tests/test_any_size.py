@@ -130,3 +130,118 @@ def test_vit_without_interpolation_says_how():
   v = jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
   with pytest.raises(UserError, match="posemb_interpolate=True"):
     jax.eval_shape(m.apply, v, jnp.zeros((1, 100, 150, 3)))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_pvt_v1_interpolates_per_stage(torch, transformers, monkeypatch, size):
+  """PVT v1 floors (97x131 -> 24x32, 12x16, 6x8, 3x4) and resamples each
+  stage's stored position grid bilinearly. HF's own `interpolate_pos_encoding`
+  reshapes the stored embedding straight to the new grid (it fails at any
+  size but the configured one), so the reference here is HF's model with
+  that one method replaced by the official code's `_get_pos_embed`: torch
+  bilinear from the stored square grid."""
+  from transformers.models.pvt import modeling_pvt  # pylint: disable=g-import-not-at-top
+
+  def official(self, embeddings, height, width):
+    n = embeddings.shape[1]
+    side = int(round(n ** 0.5))
+    if side * side == height * width and side == height:
+      return embeddings
+    grid = embeddings.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(height, width), mode="bilinear")
+    return grid.reshape(1, -1, height * width).permute(0, 2, 1)
+  monkeypatch.setattr(modeling_pvt.PvtPatchEmbeddings, "interpolate_pos_encoding", official)
+  cfg = transformers.PvtConfig(num_labels=5, image_size=64, **PVT_V2)
+  ref = randomize(transformers.PvtForImageClassification(cfg),
+                  wide=lambda n: n.startswith("classifier") or "position_embeddings" in n)
+  _check(torch, "pvt", ref, cfg, size)
+
+
+def test_pvt_refuses_maps_smaller_than_the_reduction():
+  """Where HF's reduction conv has no output (a map below sr_ratio), a clear message."""
+  m = create_model("pvt_v2_b0", depths=(1, 1, 1, 1), num_classes=3)
+  with pytest.raises(UserError, match=r"stage 0 a map side of 1, smaller than its "
+                                      r"spatial-reduction ratio 8.*input side >= 29"):
+    jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((1, 100, 3, 3)))
+
+
+@pytest.mark.parametrize("size", [(97, 131), (41, 23)])
+def test_dinat_pads_small_maps(torch, transformers, monkeypatch, size):
+  """Kernel 3, dilations (1, 3) / (1, 2): 97x131 -> 25x33 and 13x17; 41x23
+  -> 11x6 (level 0, dilation 3: padded to 11x9) and 6x3 (dilation 2:
+  padded to 6x6; dilation 1: 6x3). HF DiNAT with natten's old kernels
+  supplied in torch (tests/test_nat.py)."""
+  pytest.importorskip("natten", reason="natten (the DiNAT oracle's kernels) is not installed")
+  import natten.functional  # pylint: disable=g-import-not-at-top
+  from test_nat import _old_natten_ops  # pylint: disable=g-import-not-at-top
+  qkrpb, av = _old_natten_ops(torch)
+  monkeypatch.setattr(natten.functional, "natten2dqkrpb", qkrpb, raising=False)
+  monkeypatch.setattr(natten.functional, "natten2dav", av, raising=False)
+  from transformers.models.dinat import modeling_dinat  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(modeling_dinat, "natten2dqkrpb", qkrpb, raising=False)
+  monkeypatch.setattr(modeling_dinat, "natten2dav", av, raising=False)
+  cfg = transformers.DinatConfig(num_labels=5, embed_dim=16, depths=[2, 2], num_heads=[1, 2],
+                                 kernel_size=3, dilations=[[1, 3], [1, 2]], mlp_ratio=2.0,
+                                 layer_scale_init_value=0.5)
+  ref = randomize(modeling_dinat.DinatForImageClassification(cfg), wide=("classifier",))
+  _check(torch, "nat", ref, cfg, size)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_cvt(torch, transformers, size):
+  """Conv embeddings and the strided key / value projections floor:
+  97x131 -> 25x33, 13x17, 7x9."""
+  cfg = transformers.CvtConfig(num_labels=5, embed_dim=[8, 16, 24], num_heads=[1, 2, 3],
+                               depth=[1, 2, 3], mlp_ratio=[2.0, 2.0, 2.0])
+  ref = randomize(transformers.CvtForImageClassification(cfg), wide=("classifier",),
+                  bn_mean_std=0.1)
+  _check(torch, "cvt", ref, cfg, size)
+
+
+# MobileViT: LayerNorm / GroupNorm scales ~ 1 + N(0, 0.1), matrices ~ N(0, 1 / fan_in)
+# (deep BN stacks stay O(1)), BN running means ~ N(0, 0.2).
+MOBILEVIT_STYLE = dict(norms=("BatchNorm2d", "LayerNorm", "GroupNorm"), fan_in=True, std=0.1,
+                       bn_mean_std=0.2)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_mobilevit_resizes_to_whole_patches(torch, transformers, size):
+  """97x131 -> block maps 13x17, 7x9, 4x5: resized up to 14x18, 8x10, 4x6
+  (torch bilinear) for the 2x2 unfolding and back after the folding."""
+  cfg = transformers.MobileViTConfig(
+      hidden_sizes=[16, 24, 32], neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 48],
+      num_attention_heads=2, expand_ratio=2.0, num_labels=5)
+  ref = randomize(transformers.MobileViTForImageClassification(cfg), **MOBILEVIT_STYLE)
+  _check(torch, "mobilevit", ref, cfg, size)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_mobilevitv2_unfolds_whole_patches(torch, transformers, size):
+  """v2 unfolds the whole 2x2 patches only; the remainder row / column is
+  zero after folding (torch's unfold / fold), then the 1x1 projection."""
+  cfg = transformers.MobileViTV2Config(width_multiplier=0.25, n_attn_blocks=[1, 2, 1],
+                                       num_labels=5)
+  ref = randomize(transformers.MobileViTV2ForImageClassification(cfg), **MOBILEVIT_STYLE)
+  _check(torch, "mobilevitv2", ref, cfg, size)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_efficientnet(torch, transformers, size):
+  """B0's table at a quarter width: HF's fixed zero padding before each
+  stride-2 depthwise conv, then floors (97 -> 49, 25, 13, 7, 4)."""
+  cfg = transformers.EfficientNetConfig(width_coefficient=0.25, depth_coefficient=0.3,
+                                        hidden_dim=320, num_labels=5)
+  ref = randomize(transformers.EfficientNetForImageClassification(cfg),
+                  **dict(MOBILEVIT_STYLE, norms=("BatchNorm2d",)))
+  _check(torch, "efficientnet", ref, cfg, size)
+
+
+def test_references_that_refuse_are_refused_clearly():
+  """Focal Transformer's and CrossViT's reference code (official / timm)
+  assert the configured input size; vitjax refuses with how to fix it."""
+  focal = create_model("focal_tiny_srf", depths=(1, 1, 1, 1), num_classes=3)
+  with pytest.raises(UserError, match="Focal.*Nearest valid sizes"):
+    jax.eval_shape(focal.init, jax.random.PRNGKey(0), jnp.zeros((1, 100, 150, 3)))
+  crossvit = create_model("crossvit_tiny_240", num_classes=3)
+  with pytest.raises(UserError, match="CrossViT was built for 240x240"):
+    jax.eval_shape(crossvit.init, jax.random.PRNGKey(0), jnp.zeros((1, 100, 150, 3)))

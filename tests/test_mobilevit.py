@@ -88,9 +88,10 @@ def test_mobilevit_param_counts(name, published):
 def test_mobilevit_registered_and_bad_inputs():
   assert {"mobilevit_xxs", "mobilevit_xs", "mobilevit_s"} <= set(list_models("mobilevit_*"))
   m = create_model("mobilevit_xxs", num_classes=3)
-  with pytest.raises(UserError, match=r"multiple of 64.*nearest valid: height 64 or 128"):
-    jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x),
-                   jax.ShapeDtypeStruct((1, 100, 64, 3), jnp.float32))
+  # Any size, resized to whole patches in each block as HF (tests/test_any_size.py).
+  v = jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x),
+                     jax.ShapeDtypeStruct((1, 100, 64, 3), jnp.float32))
+  assert jax.eval_shape(m.apply, v, jnp.zeros((1, 100, 64, 3)))[0].shape == (1, 3)
   with pytest.raises(UserError, match="num_heads"):
     create_model("mobilevit_xs", num_heads=7)
   with pytest.raises(UserError, match="7 positive"):
@@ -166,9 +167,9 @@ def test_mobilevitv2_bad_inputs():
   with pytest.raises(UserError, match=r"width_mult='1'"):
     create_model("mobilevitv2_100", width_mult="1")
   m = create_model("mobilevitv2_050", num_classes=3)
-  with pytest.raises(UserError, match=r"multiple of 64.*height 192 or 256, width 64\."):
-    jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x),
-                   jax.ShapeDtypeStruct((1, 224, 64, 3), jnp.float32))
+  v = jax.eval_shape(lambda x: m.init(jax.random.PRNGKey(0), x),
+                     jax.ShapeDtypeStruct((1, 224, 64, 3), jnp.float32))
+  assert jax.eval_shape(m.apply, v, jnp.zeros((1, 224, 64, 3)))[0].shape == (1, 3)
   with pytest.raises(UserError, match="depths"):
     create_model("mobilevitv2_050", depths=(2, 4))
   with pytest.raises(UserError, match="config="):

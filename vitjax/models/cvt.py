@@ -19,9 +19,9 @@ BatchNorm statistics live in the 'batch_stats' collection (running averages
 in eval; batch statistics, updated with momentum 0.9, when train=True: pass
 mutable=['batch_stats']).
 
-Input sizes: every stage's stride must divide its input side exactly
-(224 -> 56, 28, 14: any multiple of 16); other sizes are refused with a
-UserError naming the nearest valid sizes.
+Input sizes: any, as HF's CvT: every strided convolution (patch
+embeddings, the key / value projections) floors, floor((n + 2p - k) / s) + 1
+(224 -> 56, 28, 14; 97 -> 25, 13, 7).
 
 `__call__(images, train=False)` returns `(logits, out)`; `out` holds 'stem'
 (the first embedded map), 'stage_{i}' (NHWC map after stage i, class token
@@ -41,7 +41,6 @@ from vitjax.errors import UserError
 from vitjax.models.features import FeatureLevel, stage_layer_groups
 from vitjax.models.layers import DropPath, Mlp, dot_product_attention
 from vitjax.models.layers.checks import check_stage_fields
-from vitjax.models.pvt import check_input_size
 from vitjax.models.registry import register_model
 
 _TRUNC = nn.initializers.truncated_normal(stddev=0.02)
@@ -169,7 +168,7 @@ class ConvolutionalVisionTransformer(nn.Module):
         raise UserError(f"CvT stage {i}: a patch embedding with kernel {k}, stride {s}, "
                         f"padding {p} does not map an n-side map to n / {s}; use "
                         f"2 * padding < kernel <= 2 * padding + stride.")
-    check_input_size(h, w, self.patch_strides, (1,) * len(self.depths), family="CvT")
+    del h, w  # any size: the strided convs floor (module docstring)
 
   def feature_levels(self):
     """'stage_i' (class token left out) at the product of patch_strides so far,

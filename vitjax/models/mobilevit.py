@@ -18,9 +18,12 @@ pre-norm transformer layers (multi-head attention, SiLU MLP of width 2d) ->
 LayerNorm -> fold back to the feature map -> 1x1 conv to C (BN, SiLU) ->
 concat with the block's input -> 3x3 fuse conv (BN, SiLU).
 
-The feature map entering each MobileViT block must split into whole 2x2
-patches, so the input size must be a multiple of 32 * 2 = 64 (the reference
-implementation resizes bilinearly instead; vitjax refuses, see `__call__`).
+Any input size, as the reference (HF / ml-cvnets): a map entering a
+MobileViT block that does not split into whole 2x2 patches is resized
+bilinearly (PyTorch's, align_corners=False) up to the next multiple before
+the unfolding and back after the folding; v2's blocks unfold the whole
+patches only (torch's `unfold` floors) and its `fold` leaves the remainder
+rows / columns zero, as HF's.
 
 `__call__(images, train=False)` returns `(logits, out)`; `out` holds 'stem',
 'stage_0'..'stage_4' (NHWC), 'feature_map' (after the 1x1 head conv),
@@ -39,7 +42,8 @@ import jax.numpy as jnp
 
 from vitjax.errors import UserError
 from vitjax.models.features import FeatureLevel
-from vitjax.models.layers import Attention, ConvBN, DropPath, Mlp, round_channels
+from vitjax.models.layers import (Attention, ConvBN, DropPath, Mlp, resize_bilinear_torch,
+                                  round_channels)
 from vitjax.models.registry import register_model
 
 
@@ -125,19 +129,17 @@ class MobileViTBlock(nn.Module):
   def __call__(self, x, train: bool = False):
     b, h, w, c = x.shape
     p = self.patch_size
-    if h % p or w % p:
-      raise UserError(f"MobileViT block: a {h}x{w} feature map does not split into "
-                      f"{p}x{p} patches; use an image size that is a multiple of "
-                      f"{32 * p}.")
     y = ConvBN(c, 3, act=_silu, dtype=self.dtype, name="conv_kxk")(x, train)
     y = nn.Conv(self.dim, (1, 1), use_bias=False, dtype=self.dtype, name="conv_1x1")(y)
+    hn, wn = h + -h % p, w + -w % p  # HF: resized up to whole patches, and back
+    y = resize_bilinear_torch(y, (hn, wn))
     t = unfold(y, p)
     for i in range(self.depth):
       t = TransformerLayer(self.num_heads, self.mlp_ratio, self.dropout,
                            self.attention_dropout, self.drop_path, self.ln_eps,
                            dtype=self.dtype, name=f"transformer_{i}")(t, train)
     t = nn.LayerNorm(self.ln_eps, dtype=self.dtype, name="norm")(t)
-    y = fold(t, p, b, h, w)
+    y = resize_bilinear_torch(fold(t, p, b, hn, wn), (h, w))
     y = ConvBN(c, 1, act=_silu, dtype=self.dtype, name="conv_proj")(y, train)
     return ConvBN(c, 3, act=_silu, dtype=self.dtype, name="fusion")(
         jnp.concatenate([x, y], axis=-1), train)
@@ -151,18 +153,6 @@ def mobilevit_layer_groups(stage_1_blocks: int):
   for i in range(2, 5):
     groups += [(f"stage_{i}_down",), (f"stage_{i}_mobilevit",)]
   return tuple(groups)
-
-
-def _check_size(images, multiple: int, what: str):
-  h, w = images.shape[1:3]
-  if h % multiple or w % multiple:
-    def near(n):
-      lo = max(multiple, n // multiple * multiple)
-      return f"{lo}" if lo == n + (-n) % multiple else f"{lo} or {n + (-n) % multiple}"
-    raise UserError(f"{what}: image size {h}x{w} is not a multiple of {multiple} "
-                    f"(the stem and strides reduce it 32x, then patches split it into "
-                    f"{multiple // 32}x{multiple // 32}); nearest valid: height "
-                    f"{near(h)}, width {near(w)}.")
 
 
 class MobileViT(nn.Module):
@@ -217,7 +207,6 @@ class MobileViT(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
-    _check_size(images, 32 * self.patch_size, "MobileViT")
     w, out = self.widths, {}
     x = ConvBN(w[0], 3, 2, act=_silu, dtype=self.dtype, name="stem")(
         images.astype(self.dtype), train)
@@ -351,19 +340,18 @@ class MobileViTV2Block(nn.Module):
   def __call__(self, x, train: bool = False):
     b, h, w, c = x.shape
     p = self.patch_size
-    if h % p or w % p:
-      raise UserError(f"MobileViTV2 block: a {h}x{w} feature map does not split into "
-                      f"{p}x{p} patches; use an image size that is a multiple of "
-                      f"{32 * p}.")
     y = ConvBN(c, 3, groups=c, act=_silu, dtype=self.dtype, name="conv_kxk")(x, train)
     y = nn.Conv(self.dim, (1, 1), use_bias=False, dtype=self.dtype, name="conv_1x1")(y)
+    hf, wf = h // p * p, w // p * p  # HF: unfold floors, fold leaves the rest zero
+    y = y[:, :hf, :wf]
     t = unfold(y, p).reshape(b, p * p, (h // p) * (w // p), self.dim)
     for i in range(self.depth):
       t = TransformerLayerV2(self.ffn_dim, self.dropout, self.attention_dropout,
                              self.drop_path, self.ln_eps, dtype=self.dtype,
                              name=f"transformer_{i}")(t, train)
     t = nn.GroupNorm(num_groups=1, epsilon=self.ln_eps, dtype=self.dtype, name="norm")(t)
-    y = fold(t.reshape(b * p * p, -1, self.dim), p, b, h, w)
+    y = fold(t.reshape(b * p * p, -1, self.dim), p, b, hf, wf)
+    y = jnp.pad(y, ((0, 0), (0, h - hf), (0, w - wf), (0, 0)))
     return ConvBN(c, 1, dtype=self.dtype, name="conv_proj")(y, train)
 
 
@@ -433,7 +421,6 @@ class MobileViTV2(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
-    _check_size(images, 32 * self.patch_size, "MobileViTV2")
     w, out = self.widths(), {}
     x = ConvBN(w[0], 3, 2, act=_silu, dtype=self.dtype, name="stem")(
         images.astype(self.dtype), train)

@@ -19,11 +19,11 @@ the dilated window spans the level's map at 224x224 (56, 28, 14, 7 maps /
 kernel 7 -> 8, 4, 2, 1), as in the released configs: [[1, 8, 1],
 [1, 4, 1, 4], [1, 2] * 3 (or * 9), [1] * 5].
 
-Input sizes: each conv halves a side rounding up, so level i works on a
-ceil(S / 2^(i+2)) map, and every block needs kernel * dilation <= that side
-(natten's rule: no window larger than the map). Smaller inputs are refused
-with a UserError naming the smallest valid input side and the largest
-kernel that fits.
+Input sizes: any. Each conv halves a side rounding up, so level i works on a
+ceil(S / 2^(i+2)) map; natten needs kernel * dilation <= the map side, so a
+block whose map is smaller zero-pads its (normed) map at the bottom / right
+to kernel * dilation before the attention and crops back after it, as HF's
+DiNAT (`maybe_pad`).
 
 `__call__(images, train=False)` returns `(logits, out)`; `out` holds 'stem'
 (the tokenizer's map), 'stage_{i}' (NHWC map after level i's blocks, before
@@ -82,13 +82,17 @@ class NATBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
-    c = x.shape[-1]
+    _, h, w, c = x.shape
     y = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="norm1")(x)
+    window = self.kernel_size * self.dilation  # HF DiNAT's maybe_pad
+    pad_h, pad_w = max(0, window - h), max(0, window - w)
+    if pad_h or pad_w:
+      y = jnp.pad(y, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
     y = NeighborhoodAttention(self.num_heads, self.kernel_size, self.dilation,
                               qkv_bias=self.qkv_bias,
                               attention_dropout=self.attention_dropout,
                               dropout=self.dropout, dtype=self.dtype, name="attn")(
-                                  y, deterministic)
+                                  y, deterministic)[:, :h, :w]
     if self.layer_scale:
       y = y * self.param("gamma1", nn.initializers.constant(self.layer_scale), (c,))
     x = x + DropPath(self.drop_path)(y, deterministic)
@@ -146,20 +150,7 @@ class NAT(nn.Module):
       for j, d in enumerate(level):
         check_neighborhood(10 ** 9, 10 ** 9, self.kernel_size, d,
                            where=f"level {i} block {j}")
-    need = [self.kernel_size * max(level) for level in dil]
-    # Smallest input side whose level maps all reach their needed side.
-    smallest = max((n - 1) * 2 ** (i + 2) + 1 for i, n in enumerate(need))
-    for name, side in (("height", h), ("width", w)):
-      for i, (s, n) in enumerate(zip(level_sizes(side, len(self.depths)), need)):
-        if s < n:
-          k_fit = max(1, s // max(dil[i]))
-          k_fit -= 1 - k_fit % 2
-          raise UserError(
-              f"NAT: input {name} {side} gives level {i} a map side of {s}, but its "
-              f"neighborhoods need kernel_size * dilation = {self.kernel_size} * "
-              f"{max(dil[i])} = {n} <= the map side. Use an input side >= {smallest} "
-              f"(--config.input.image_size), or kernel_size <= {k_fit} at this input "
-              f"(with dilations={dil}).")
+    del h, w  # any size: small maps are padded per block (module docstring)
 
   def feature_levels(self):
     """'stage_i' (after level i) at stride 4 * 2^i, embed_dim * 2^i wide
