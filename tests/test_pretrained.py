@@ -259,11 +259,13 @@ def test_fine_tuning_another_number_of_classes_lowers_the_loss(key, tmp_path, tr
   snap = str(tmp_path / "snap")
   _, _, size = _snapshot(key, transformers, snap)  # 5 or 6 classes; the digits have 10
   config = _digits_config(snap, load(snap), size)
+  config.total_steps, config.log_every_steps, config.eval_every_steps = 30, 10, 30
+  config.optimizer.learning_rate = 3e-3
   workdir = str(tmp_path / "run")
   train_lib.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     losses = [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
-  assert len(losses) == 4 and losses[-1] < losses[0], losses
+  assert len(losses) == 3 and losses[-1] < losses[0] - 0.05, losses  # 10-step means
 
 
 @pytest.mark.slow
