@@ -33,7 +33,8 @@ def _images(torch, h, w, seed=1):
   return x, jnp.asarray(np.transpose(x.numpy(), (0, 2, 3, 1)))
 
 
-def _check(torch, family, ref, cfg, size, *, call=None, nhwc_out=False, **model_kw):
+def _check(torch, family, ref, cfg, size, *, call=None, nhwc_out=False, label=None,
+           **model_kw):
   """Runs the HF `ref` and its vitjax conversion on a size[0] x size[1] batch."""
   x, x_nhwc = _images(torch, *size)
   with torch.no_grad():
@@ -46,8 +47,9 @@ def _check(torch, family, ref, cfg, size, *, call=None, nhwc_out=False, **model_
   assert got.shape == want.shape, (got.shape, want.shape)
   assert np.std(want) > 0.05  # not a trivially small output
   diff = max_abs_diff(want, got)
-  FIGURES[(family, size)] = diff
-  print(f"\n{family} {size[0]}x{size[1]}: max |diff| {diff:.2e} (|ref| max "
+  label = label or family
+  FIGURES[(label, size)] = diff
+  print(f"\n{label} {size[0]}x{size[1]}: max |diff| {diff:.2e} (|ref| max "
         f"{np.abs(want).max():.2f})")
   assert diff <= TOL, diff
   return diff
@@ -66,7 +68,7 @@ def test_swin(torch, transformers, v2, size):
   ref = randomize(Model(cfg), wide=lambda n: ("relative_position_bias_table" in n or
                                                "continuous_position_bias" in n or
                                                n.startswith("classifier")))
-  _check(torch, "swin", ref, cfg, size)
+  _check(torch, "swin", ref, cfg, size, label="swin v2" if v2 else "swin v1")
 
 
 PVT_V2 = dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 2, 3, 4],
@@ -245,3 +247,33 @@ def test_references_that_refuse_are_refused_clearly():
   crossvit = create_model("crossvit_tiny_240", num_classes=3)
   with pytest.raises(UserError, match="CrossViT was built for 240x240"):
     jax.eval_shape(crossvit.init, jax.random.PRNGKey(0), jnp.zeros((1, 100, 150, 3)))
+
+
+def test_simple_feature_pyramid_strides_and_ops():
+  """ViTDet's pyramid on a stride-16 7x9 map: x4 / x2 deconvolutions, identity,
+  max-pool (floors 7 -> 3) and the top max-pool (kernel 1, stride 2: 3 -> 2);
+  the identity level is exactly 1x1 conv + LN, 3x3 conv + LN of the input."""
+  from vitjax.models.layers import SimpleFeaturePyramid  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 7, 9, 16))
+  m = SimpleFeaturePyramid(8, scale_factors=(4.0, 2.0, 1.0, 0.5))
+  v = m.init(jax.random.PRNGKey(1), x)
+  outs = m.apply(v, x)
+  assert [o.shape[1:] for o in outs] == [(28, 36, 8), (14, 18, 8), (7, 9, 8), (3, 4, 8),
+                                         (2, 2, 8)]
+  p = v["params"]
+  assert p["level_0_up_1"]["kernel"].shape == (2, 2, 8, 4)  # C -> C/2 -> C/4
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  ln = lambda y, q: nn.LayerNorm(epsilon=1e-6).apply({"params": q}, y)  # noqa: E731
+  y = ln(jnp.einsum("bhwc,cd->bhwd", x, p["level_2_lateral"]["kernel"][0, 0]),
+         p["level_2_lateral_norm"])
+  y = ln(jax.lax.conv_general_dilated(y, p["level_2_output"]["kernel"], (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC")),
+         p["level_2_output_norm"])
+  np.testing.assert_allclose(outs[2], y, atol=1e-5)
+  np.testing.assert_array_equal(outs[4], outs[3][:, ::2, ::2])
+
+
+def test_figures():
+  """The parity figures of this run (pytest -s prints them)."""
+  for (label, size), diff in sorted(FIGURES.items()):
+    print(f"{label:14s} {size[0]}x{size[1]}: {diff:.1e}")

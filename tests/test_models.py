@@ -72,10 +72,17 @@ def test_variants_run_and_expose_intermediates(pool, posemb, fc_norm):
   assert ("pos_embedding" in v["params"]) == (posemb == "learn")
 
 
-def test_indivisible_input_is_user_error():
+def test_indivisible_input_is_floored():
+  """As HF / timm's strided patch conv: 18 px, patch 4 -> a 4x4 grid (the last
+  2 rows / columns dropped); tests/test_any_size.py has the HF parity."""
   m = tiny()
-  with pytest.raises(UserError, match="multiple of 4"):
-    m.init(jax.random.PRNGKey(0), jnp.ones((1, 18, 18, 3)))
+  x = jax.random.normal(jax.random.PRNGKey(1), (1, 18, 18, 3))
+  v = m.init(jax.random.PRNGKey(0), x)
+  a, out = m.apply(v, x)
+  assert out["feature_map"].shape[1:3] == (4, 4)
+  np.testing.assert_array_equal(a, m.apply(v, x[:, :16, :16])[0])
+  with pytest.raises(UserError, match="multiple of 4"):  # smaller than one patch
+    m.init(jax.random.PRNGKey(0), jnp.ones((1, 3, 18, 3)))
 
 
 def test_dropout_and_drop_path_only_in_training():
@@ -136,5 +143,5 @@ def test_finetune_at_higher_resolution_with_resampled_posemb():
   p["pos_embedding"] = resample_posemb(p["pos_embedding"], (8, 8), num_prefix_tokens=1)
   logits, out = m.apply({"params": p}, jnp.ones((2, 32, 32, 3)))
   assert logits.shape == (2, 5) and out["feature_map"].shape == (2, 8, 8, 32)
-  with pytest.raises(ValueError, match="resample"):
+  with pytest.raises(UserError, match="posemb_interpolate=True.*resample"):
     m.apply(v, jnp.ones((2, 32, 32, 3)))

@@ -11,8 +11,10 @@ computed from the model's fields (the model is not run), ordered fine to
 coarse (strides never decrease):
 
   name      the key of `out` (the model returns `(logits, out)`) that holds it;
-  stride    input pixels per map position: an H x W input whose sides the
-            model accepts gives a map of H / stride x W / stride;
+  stride    input pixels per map position: an H x W input gives a map of
+            about H / stride x W / stride (exactly, when stride divides the
+            sides; otherwise rounded as the family's reference does: Swin and
+            NAT pad, so up; strided convolutions floor);
   channels  the map's last axis.
 
 Every map is NHWC `[B, H / stride, W / stride, channels]` in the model's
