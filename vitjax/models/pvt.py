@@ -77,30 +77,6 @@ def _size_problem(size, strides, sr_ratios, linear):
   return None
 
 
-def check_input_size(h, w, strides, sr_ratios, linear=False, family="PVT v2"):
-  """Raises UserError unless every stage reduces an h x w input exactly (for
-  models whose reference needs that; PVT itself floors, see check_min_size)."""
-  problems = []
-  for name, size in (("height", h), ("width", w)):
-    why = _size_problem(size, strides, sr_ratios, linear)
-    if why:
-      lo = next((s for s in range(size - 1, 0, -1)
-                 if not _size_problem(s, strides, sr_ratios, linear)), None)
-      hi = next(s for s in range(size + 1, 64 * size + 2)
-                if not _size_problem(s, strides, sr_ratios, linear))
-      near = " or ".join(str(s) for s in (lo, hi) if s)
-      problems.append(f"input {name} {size}: {why}. Nearest valid sizes: {near}")
-  if problems:
-    raise UserError(
-        f"{family} (strides {tuple(strides)}"
-        + (f", sr_ratios {tuple(sr_ratios)}) needs an input whose sides each stage's "
-           "stride divides exactly and whose stage maps are divisible by the "
-           "spatial-reduction ratio. " if any(r > 1 for r in sr_ratios) else
-           ") needs an input whose sides each stage's stride divides exactly. ")
-        + "; ".join(problems) +
-        " (set via --config.input.image_size).")
-
-
 def check_min_size(h, w, sizes_fn, sr_ratios, linear=False, family="PVT v2"):
   """Raises UserError when a stage map (`sizes_fn(side)` -> per-stage sides)
   is smaller than its spatial-reduction ratio (or empty): the reduction conv

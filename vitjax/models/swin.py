@@ -89,36 +89,6 @@ def nearest_valid_sizes(size: int, patch_size: int, num_stages: int, window_size
   return lo, hi
 
 
-def check_input_size(h: int, w: int, patch_size: int, num_stages: int, window_size: int):
-  """Raises UserError unless an h x w input runs through every stage without
-  padding (Swin itself pads; Focal, which does not, uses this)."""
-  r = (h // patch_size, w // patch_size)
-  problems = []
-  for name, size in (("height", h), ("width", w)):
-    why = _size_problem(size, patch_size, num_stages, window_size)
-    if why is None and h % patch_size == 0 and w % patch_size == 0:
-      # Sides can be valid alone but not together when the clamp differs.
-      rh, rw = r
-      for i in range(num_stages):
-        win, _ = stage_windows(rh, rw, window_size)
-        side = rh if name == "height" else rw
-        if side % win:
-          why = (f"stage {i} has a {rh}x{rw} feature map and window {win}")
-          break
-        rh, rw = rh // 2, rw // 2
-    if why:
-      lo, hi = nearest_valid_sizes(size, patch_size, num_stages, window_size)
-      near = " or ".join(str(s) for s in (lo, hi) if s)
-      problems.append(f"input {name} {size}: {why}. Nearest valid sizes: {near}")
-  if problems:
-    raise UserError(
-        f"Swin (patch {patch_size}, window {window_size}, {num_stages} stages) needs "
-        f"an input whose sides are divisible by the patch size, give even feature maps "
-        f"before each patch merging and maps divisible by each stage's window "
-        f"(the window is clamped to maps not larger than it). " + "; ".join(problems) +
-        " (set via --config.input.image_size, or change --config.model.window_size).")
-
-
 class PatchMerging(nn.Module):
   """2x downsampling: the 2x2 neighbours (order (0,0), (1,0), (0,1), (1,1) as
   (row, col)) concatenated to 4C, then Linear 4C -> 2C without bias. v1 puts
