@@ -333,6 +333,19 @@ def _short_list(names: Sequence[str], n: int = 8) -> str:
   return s + (f", ... ({len(names) - n} more)" if len(names) > n else "")
 
 
+def rename_tensors(sd: Mapping[str, Any], rules: Sequence[Tuple[str, str]]) -> Dict[str, Any]:
+  """Tensor names rewritten by (regex, replacement) rules, applied in order to
+  every name (e.g. the names older transformers releases, and the Hub's
+  snapshots, use -> the names a converter reads). Names no rule matches are kept."""
+  compiled = [(re.compile(p), r) for p, r in rules]
+  out = {}
+  for k, v in sd.items():
+    for pat, rep in compiled:
+      k = pat.sub(rep, k)
+    out[k] = v
+  return out
+
+
 def find_prefix(keys: Iterable[str], suffix: str) -> Optional[str]:
   """The prefix p such that p + suffix is a key (shortest if several), or None."""
   found = [k[:-len(suffix)] for k in keys if k.endswith(suffix)]

@@ -23,8 +23,9 @@ import numpy as np
 from vitjax.convert.cnn import hf_resnet_to_vitjax
 from vitjax.convert.common import (ParamWriter, StateDict, conv_to_flax, count_indexed,
                                    flatten_params, load_state_dict, read_json_config,
-                                   unflatten_params)
+                                   rename_tensors, unflatten_params)
 from vitjax.convert.deformable_detr import box_head, split_resnet_backbone
+from vitjax.convert.detr import HF_V4_NAMES
 from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.errors import UserError
 
@@ -45,13 +46,22 @@ def _check_config(cfg):
     raise UserError(f"{WHAT}: dilation=True (DC5 backbone) is not supported.")
 
 
+# The Hub's (transformers 4) names: DETR's, plus the decoder's flat sa_* / ca_*
+# projections (self / cross attention).
+_HF_V4_NAMES = HF_V4_NAMES + (
+    (r"(layers\.\d+)\.sa_([qk])(content|pos)_proj\.", r"\1.self_attn.\2_\3_proj."),
+    (r"(layers\.\d+)\.ca_([qk])(content|pos|pos_sine)_proj\.", r"\1.encoder_attn.\2_\3_proj."),
+    (r"(layers\.\d+)\.sa_v_proj\.", r"\1.self_attn.v_proj."),
+    (r"(layers\.\d+)\.ca_v_proj\.", r"\1.encoder_attn.v_proj."),
+)
+
 @register_converter(family="conditional_detr", source="hf", model_types=("conditional_detr",),
                     architectures=("ConditionalDetrForObjectDetection",))
 def hf_conditional_detr_to_vitjax(src, config=None, **overrides) -> Converted:
   """HF ConditionalDetrForObjectDetection -> Converted (ConditionalDETR)."""
   cfg = read_json_config(config) or {}
   _check_config(cfg)
-  bb_sd, sd = split_resnet_backbone(load_state_dict(src), WHAT)
+  bb_sd, sd = split_resnet_backbone(rename_tensors(load_state_dict(src), _HF_V4_NAMES), WHAT)
   backbone = hf_resnet_to_vitjax(bb_sd)
   bb_vars, bb_kwargs = backbone.variables, dict(backbone.model_kwargs)
   bb_kwargs.pop("num_classes")

@@ -29,7 +29,8 @@ import numpy as np
 from vitjax.convert.cnn import hf_resnet_to_vitjax
 from vitjax.convert.common import (ParamWriter, StateDict, conv_to_flax, count_indexed,
                                    flatten_params, load_state_dict, read_json_config,
-                                   unflatten_params)
+                                   rename_tensors, unflatten_params)
+from vitjax.convert.detr import HF_V4_NAMES
 from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.errors import UserError
 
@@ -79,7 +80,7 @@ def hf_deformable_detr_to_vitjax(src, config=None, **overrides) -> Converted:
   """HF DeformableDetrForObjectDetection -> Converted (DeformableDETR)."""
   cfg = read_json_config(config) or {}
   _check_config(cfg)
-  sd = load_state_dict(src)
+  sd = rename_tensors(load_state_dict(src), HF_V4_NAMES)
   bb_sd, sd = split_resnet_backbone(sd)
   backbone = hf_resnet_to_vitjax(bb_sd)
   bb_vars, bb_kwargs = backbone.variables, dict(backbone.model_kwargs)
@@ -125,6 +126,12 @@ def hf_deformable_detr_to_vitjax(src, config=None, **overrides) -> Converted:
 
   box_refine = s.has("model.decoder.bbox_embed.0.layers.0.weight")
   two_stage = s.has("model.enc_output.weight")
+  if not box_refine:  # tied prediction heads are saved once (safetensors drops shared tensors)
+    for i in range(1, n_dec + (1 if two_stage else 0)):
+      for k in [k for k in s.sd if k.startswith(("class_embed.0.", "bbox_embed.0."))]:
+        copy = k.replace(".0.", f".{i}.", 1)
+        sd.setdefault(copy, s.sd[k])
+        s.sd.setdefault(copy, s.sd[k])
   n_pred = count_indexed(sd, r"class_embed\.(\d+)\.")
   if n_pred != n_dec + (1 if two_stage else 0):
     raise UserError(f"{WHAT}: {n_pred} class heads for {n_dec} decoder layers "

@@ -18,12 +18,20 @@ import numpy as np
 
 from vitjax.convert.cnn import hf_resnet_to_vitjax
 from vitjax.convert.common import (ParamWriter, StateDict, count_indexed, load_state_dict,
-                                   read_json_config)
+                                   read_json_config, rename_tensors)
 from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.errors import UserError
 
 WHAT = "Hugging Face DetrForObjectDetection"
 _BACKBONE = "model.backbone.model."
+
+# The Hub's (transformers 4) tensor names -> the ones read here (transformers 5);
+# shared by the DETR-style converters. A state dict in the new names is unchanged.
+HF_V4_NAMES = (
+    (r"^model\.backbone\.conv_encoder\.model\.", "model.backbone.model."),
+    (r"(layers\.\d+\.(?:self_attn|encoder_attn))\.out_proj\.", r"\1.o_proj."),
+    (r"(layers\.\d+)\.fc([12])\.", r"\1.mlp.fc\2."),
+)
 
 
 def _check_config(cfg):
@@ -46,7 +54,7 @@ def hf_detr_to_vitjax(src, config=None, **overrides) -> Converted:
   """HF DetrForObjectDetection -> Converted (DETR)."""
   cfg = read_json_config(config) or {}
   _check_config(cfg)
-  sd = load_state_dict(src)
+  sd = rename_tensors(load_state_dict(src), HF_V4_NAMES)
   if _BACKBONE + "conv1.weight" in sd:
     raise UserError(f"{WHAT}: a timm backbone is not supported; use an HF ResNet backbone.")
   bb = {k[len(_BACKBONE):]: v for k, v in sd.items() if k.startswith(_BACKBONE)}

@@ -30,7 +30,9 @@ from typing import Any, Dict
 import numpy as np
 
 from vitjax.convert.common import (ParamWriter, StateDict, cast_params, count_indexed,
-                                   flatten_params, load_state_dict, unflatten_params)
+                                   flatten_params, load_state_dict, rename_tensors,
+                                   unflatten_params)
+from vitjax.convert.detr import HF_V4_NAMES
 from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.convert.swin import hf_swin_to_vitjax
 from vitjax.errors import UserError
@@ -53,7 +55,7 @@ def _config_dict(config) -> Dict[str, Any]:
 def hf_maskformer_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **overrides
                             ) -> Converted:
   """HF MaskFormer (Swin backbone) state dict (+ config) -> Converted (MaskFormer)."""
-  sd = load_state_dict(state_dict)
+  sd = rename_tensors(load_state_dict(state_dict), HF_V4_NAMES)  # the Hub's names too
   cfg = _config_dict(config)
   what = "HF MaskFormer"
   if _TR + "queries_embedder.weight" not in sd:
