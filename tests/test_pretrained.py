@@ -33,10 +33,6 @@ except ImportError:  # tests/ imported as a package
   from tests.torchvision_stub import import_timm
 
 TOL = 1e-4
-# transformers 5 writes an MAE snapshot's decoder as 'decoder.decoder_encoder.layer.*',
-# neither the Hub's names nor its own: the MAE parity runs on the in-memory names
-# (model.safetensors of state_dict() + config.json).
-STATE_DICT_LAYOUT = ("mae",)
 PARITY = sorted(k for k in CASES if k[0] != "mae")
 
 
@@ -51,7 +47,7 @@ def _snapshot(key, lib, folder, num_labels=None, seed=0, monkeypatch=None):
   """A randomised small reference of `key` (CASES; with `num_labels` classes)
   saved at `folder`; returns (ref, converter kwargs, input size)."""
   import safetensors.torch  # pylint: disable=g-import-not-at-top
-  family, source = key
+  source = key[1]
   ref, cfg, kwargs, size = CASES[key](lib, monkeypatch or _NoPatch())
   if num_labels is not None:
     cfg.num_labels = num_labels
@@ -59,14 +55,12 @@ def _snapshot(key, lib, folder, num_labels=None, seed=0, monkeypatch=None):
   # A wide classifier: EfficientNet's and MobileViT's logits are not degenerate either.
   randomize(ref, seed, norms=("LayerNorm", "BatchNorm2d", "GroupNorm"), fan_in=True,
             bn_mean_std=0.1, wide=("classifier",), wide_std=0.5)
-  if source == "hf" and family not in STATE_DICT_LAYOUT:
+  if source == "hf":
     ref.save_pretrained(folder, safe_serialization=True)
   else:
     os.makedirs(folder, exist_ok=True)
     safetensors.torch.save_file({k: v.clone().contiguous() for k, v in ref.state_dict().items()},
                                 os.path.join(folder, "model.safetensors"))
-    if cfg is not None:
-      cfg.to_json_file(os.path.join(folder, "config.json"))
   return ref, kwargs, size
 
 
@@ -101,15 +95,6 @@ def test_auto_import_gives_the_reference_logits(key, tmp_path, torch, transforme
   got = jax.jit(lambda v, x: model.apply(v, x)[0])(out.variables,
                                                    jnp.asarray(x.transpose(0, 2, 3, 1)))
   assert_close(f"{key[0]}/{key[1]} via load(auto)", want, got, TOL)
-
-
-@pytest.mark.xfail(strict=True, reason="transformers 5 saves the MAE decoder as "
-                   "decoder.decoder_encoder.layer.*, which the MAE converter does not read")
-@pytest.mark.parametrize("family", STATE_DICT_LAYOUT)
-def test_save_pretrained_layout_of_state_dict_families(family, tmp_path, transformers):
-  ref, _, _, _ = CASES[(family, "hf")](transformers, _NoPatch())
-  ref.save_pretrained(str(tmp_path), safe_serialization=True)
-  load(str(tmp_path), "auto")
 
 
 def test_auto_recognises_the_family_by_config_or_tensor_names(tmp_path, transformers):
@@ -294,6 +279,27 @@ def test_new_resolution_and_window_use_the_family_fixes(tmp_path, transformers):
     assert bool(tables) == (version == 1)
     logits, _ = model.apply({"params": merged}, x)
     assert np.all(np.isfinite(logits))
+
+
+def test_mae_snapshot_fine_tunes_a_vit(tmp_path, transformers):
+  """MAE pretraining -> ViT fine-tuning: the encoder loads into a ViT, the decoder is left out."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from vitjax.convert.common import flatten_params  # pylint: disable=g-import-not-at-top
+  snap = str(tmp_path / "mae")
+  _snapshot(("mae", "hf"), transformers, snap)
+  out = load(snap)
+  config = _digits_config(snap, out, 16)
+  config.model_name = "vit_base_patch16_224"
+  config.model = ml_collections.ConfigDict({k: out.model_kwargs[k] for k in (
+      "patch_size", "hidden_size", "depth", "num_heads", "mlp_dim", "qkv_bias",
+      "layer_norm_eps")})
+  _, _, variables = _trainer_init(config)
+  got, mae = flatten_params(variables["params"]), flatten_params(out.params)
+  assert not any(k.startswith("decoder") for k in got) and "head/kernel" in got
+  shared = [k for k in got if not k.startswith("head")]
+  assert shared and all(k in mae for k in shared), sorted(set(shared) - set(mae))
+  for k in shared:
+    np.testing.assert_array_equal(got[k], mae[k], err_msg=k)
 
 
 def _swinv2(transformers, folder):

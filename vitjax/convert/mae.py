@@ -38,7 +38,7 @@ import numpy as np
 
 from vitjax.convert.common import (ParamWriter, StateDict, cast_params, count_indexed,
                                    flatten_params, linear_to_dense, load_state_dict,
-                                   read_json_config, unflatten_params)
+                                   read_json_config, rename_tensors, unflatten_params)
 from vitjax.convert.registry import Converted, converted, register_converter
 from vitjax.convert.vit import _HF_LAYER_NAMES, hf_vit_to_vitjax
 from vitjax.errors import UserError
@@ -81,7 +81,9 @@ def _layer(wr: ParamWriter, p: str, names, t: str):
 def hf_mae_to_vitjax(state_dict, config=None, *, param_dtype=np.float32, **overrides
                      ) -> Converted:
   """HF ViTMAEForPreTraining state dict (+ config) -> Converted (MaskedAutoencoder)."""
-  sd = load_state_dict(state_dict)
+  # transformers 5's save_pretrained names the decoder's layers decoder_encoder.layer.*
+  sd = rename_tensors(load_state_dict(state_dict),
+                      ((r"^decoder\.decoder_encoder\.layer\.", "decoder.decoder_layers."),))
   cfg = read_json_config(config) or {}
   if not is_hf_mae(sd):
     raise UserError(f"Not a {_WHAT} state dict: no decoder.decoder_pred.weight (a bare "
