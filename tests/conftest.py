@@ -25,6 +25,14 @@ def run_main(workdir, *overrides, config="configs/quickstart.py", devices=1, env
   return p
 
 
+def free_port() -> int:
+  """A free TCP port on 127.0.0.1 (a coordinator for multi-process tests)."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
 @pytest.fixture
 def main_runner():
   return run_main

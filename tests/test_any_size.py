@@ -173,15 +173,8 @@ def test_dinat_pads_small_maps(torch, transformers, monkeypatch, size):
   -> 11x6 (level 0, dilation 3: padded to 11x9) and 6x3 (dilation 2:
   padded to 6x6; dilation 1: 6x3). HF DiNAT with natten's old kernels
   supplied in torch (tests/test_nat.py)."""
-  pytest.importorskip("natten", reason="natten (the DiNAT oracle's kernels) is not installed")
-  import natten.functional  # pylint: disable=g-import-not-at-top
-  from test_nat import _old_natten_ops  # pylint: disable=g-import-not-at-top
-  qkrpb, av = _old_natten_ops(torch)
-  monkeypatch.setattr(natten.functional, "natten2dqkrpb", qkrpb, raising=False)
-  monkeypatch.setattr(natten.functional, "natten2dav", av, raising=False)
-  from transformers.models.dinat import modeling_dinat  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(modeling_dinat, "natten2dqkrpb", qkrpb, raising=False)
-  monkeypatch.setattr(modeling_dinat, "natten2dav", av, raising=False)
+  from test_nat import dinat_with_torch_kernels  # pylint: disable=g-import-not-at-top
+  modeling_dinat = dinat_with_torch_kernels(torch, monkeypatch)
   cfg = transformers.DinatConfig(num_labels=5, embed_dim=16, depths=[2, 2], num_heads=[1, 2],
                                  kernel_size=3, dilations=[[1, 3], [1, 2]], mlp_ratio=2.0,
                                  layer_scale_init_value=0.5)

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import FAST, ROOT, run_main
+from conftest import FAST, ROOT, free_port, run_main
 from experiments.fault_injection import (damage, final_eval, kill_inside_a_checkpoint_write,
                                          results)
 from vitjax.metric_writer import MetricWriter, read_metrics
@@ -167,12 +166,6 @@ def test_metric_writer_supersedes_records_after_the_resumed_step(tmp_path):
   assert _tb_scalars(wd, "train/loss") == [(1, 1.0), (2, 2.0), (3, 30.0)]
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_lost_process_stops_the_others_and_the_pair_resumes_exactly(tmp_path):
   common = FAST + ("total_steps=60", "log_every_steps=1", "eval_every_steps=60",
@@ -181,7 +174,7 @@ def test_a_lost_process_stops_the_others_and_the_pair_resumes_exactly(tmp_path):
              PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
 
   def pair(wd, heartbeat=10):
-    port = _free_port()
+    port = free_port()
     return [subprocess.Popen(
         [sys.executable, "-m", "vitjax.main", f"--config={ROOT}/configs/quickstart.py",
          f"--workdir={wd}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",

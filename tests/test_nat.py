@@ -293,7 +293,9 @@ def _old_natten_ops(torch):
   return qkrpb, av
 
 
-def test_hf_dinat_parity(torch, transformers, monkeypatch):
+def dinat_with_torch_kernels(torch, monkeypatch):
+  """transformers' DiNAT module running on the torch stand-ins of natten's old
+  kernels (skips where natten is not installed)."""
   pytest.importorskip("natten", reason="natten (the DiNAT oracle's kernels) is not installed")
   import natten.functional  # pylint: disable=g-import-not-at-top
   qkrpb, av = _old_natten_ops(torch)
@@ -302,6 +304,11 @@ def test_hf_dinat_parity(torch, transformers, monkeypatch):
   from transformers.models.dinat import modeling_dinat  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(modeling_dinat, "natten2dqkrpb", qkrpb, raising=False)
   monkeypatch.setattr(modeling_dinat, "natten2dav", av, raising=False)
+  return modeling_dinat
+
+
+def test_hf_dinat_parity(torch, transformers, monkeypatch):
+  modeling_dinat = dinat_with_torch_kernels(torch, monkeypatch)
   from vitjax.convert.nat import hf_dinat_to_vitjax  # pylint: disable=g-import-not-at-top
 
   cfg = transformers.DinatConfig(num_labels=5, embed_dim=16, depths=[2, 2], num_heads=[1, 2],

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from conftest import ROOT, run_main
+from conftest import ROOT, free_port, run_main
 from experiments.fault_injection import final_eval, kill_after
 from vitjax import sharding as shard_lib
 from vitjax.config import default_config, validate_config
@@ -215,13 +215,6 @@ def test_a_checkpoint_written_under_fsdp8_restores_onto_4_and_1_devices(runs, tm
       np.testing.assert_array_equal(loaded[n][k], loaded[8][k])
 
 
-def _free_port():
-  import socket  # pylint: disable=g-import-not-at-top
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_with_fsdp_equal_one_process(tmp_path):
   overrides = COMMON + _overrides(MESHES["fsdp8"])
@@ -229,7 +222,7 @@ def test_two_processes_with_fsdp_equal_one_process(tmp_path):
   run_main(single, *overrides, devices=4)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-  wd, port = str(tmp_path / "pair"), _free_port()
+  wd, port = str(tmp_path / "pair"), free_port()
   procs = [subprocess.Popen(
       [sys.executable, "-m", "vitjax.main", f"--config={ROOT}/configs/quickstart.py",
        f"--workdir={wd}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",

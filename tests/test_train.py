@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import FAST, ROOT, run_main
+from conftest import FAST, ROOT, free_port, run_main
 from vitjax.metric_writer import read_metrics
 
 
@@ -50,17 +49,11 @@ def test_eight_devices_match_one_device(tmp_path):
   assert a[20] != a[1]
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_match_single_process(tmp_path):
   common = ("progress_bar=False", "total_steps=20", "log_every_steps=1",
             "eval_every_steps=20", "batch_size=64", "eval_batch_size=40")  # the quickstart model
   run_main(str(tmp_path / "single"), *common, devices=1)
-  port = _free_port()
+  port = free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
   wd = str(tmp_path / "multi")

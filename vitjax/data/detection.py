@@ -381,21 +381,29 @@ def _decode(image, targets):
   return tf.image.convert_image_dtype(image, tf.float32), boxes, tf.cast(targets[:, 4], tf.int32)
 
 
-def _finish_targets(boxes, labels, size, opts):
-  """xyxy pixel boxes of a size x size image -> padded cx, cy, w, h targets."""
-  keep = ((boxes[:, 2] - boxes[:, 0] >= opts["min_box"]) &
-          (boxes[:, 3] - boxes[:, 1] >= opts["min_box"]))
+def pack_targets(boxes, labels, hw, max_boxes: int, min_box: float):
+  """xyxy pixel boxes of an image of size hw = (h, w) -> DETR targets padded to
+  max_boxes: normalised (cx, cy, w, h), labels and box_valid; boxes narrower or
+  lower than min_box pixels are dropped; more than max_boxes is an error."""
+  keep = (boxes[:, 2] - boxes[:, 0] >= min_box) & (boxes[:, 3] - boxes[:, 1] >= min_box)
   boxes, labels = tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
-  t = opts["max_boxes"]
-  n = tf.shape(labels)[0]
-  tf.debugging.assert_less_equal(n, t, message=_TOO_MANY)
-  boxes = boxes / size
+  t, n = max_boxes, tf.shape(labels)[0]
+  check = tf.debugging.assert_less_equal(n, t, message=_TOO_MANY)
+  with tf.control_dependencies([check]):
+    n = tf.identity(n)
+  hw = tf.cast(hw, tf.float32)
+  boxes = boxes / tf.stack([hw[1], hw[0], hw[1], hw[0]])
   cxcywh = tf.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2,
                      boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
   pad = t - n
   return dict(boxes=tf.ensure_shape(tf.pad(cxcywh, [[0, pad], [0, 0]]), [t, 4]),
               labels=tf.ensure_shape(tf.pad(labels, [[0, pad]]), [t]),
               box_valid=tf.ensure_shape(tf.range(t) < n, [t]))
+
+
+def _finish_targets(boxes, labels, size, opts):
+  """xyxy pixel boxes of a size x size image -> padded cx, cy, w, h targets."""
+  return pack_targets(boxes, labels, (size, size), opts["max_boxes"], opts["min_box"])
 
 
 def train_example(image, targets, seed, opts):

@@ -162,21 +162,8 @@ def _pad(image, opts):
 
 def _targets(boxes, labels, hw, opts, min_box):
   """xyxy pixel boxes of an image of size hw -> padded normalised cx, cy, w, h."""
-  keep = (boxes[:, 2] - boxes[:, 0] >= min_box) & (boxes[:, 3] - boxes[:, 1] >= min_box)
-  boxes, labels = tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
-  t, n = opts["max_boxes"], tf.shape(labels)[0]
-  from vitjax.data.detection import _TOO_MANY  # pylint: disable=g-import-not-at-top
-  check = tf.debugging.assert_less_equal(n, t, message=_TOO_MANY)
-  with tf.control_dependencies([check]):
-    n = tf.identity(n)
-  hw = tf.cast(hw, tf.float32)
-  boxes = boxes / tf.stack([hw[1], hw[0], hw[1], hw[0]])
-  cxcywh = tf.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2,
-                     boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
-  pad = t - n
-  return dict(boxes=tf.ensure_shape(tf.pad(cxcywh, [[0, pad], [0, 0]]), [t, 4]),
-              labels=tf.ensure_shape(tf.pad(labels, [[0, pad]]), [t]),
-              box_valid=tf.ensure_shape(tf.range(t) < n, [t]))
+  from vitjax.data.detection import pack_targets  # pylint: disable=g-import-not-at-top
+  return pack_targets(boxes, labels, hw, opts["max_boxes"], min_box)
 
 
 def _random_size_crop(image, boxes, labels, seeds, lo, hi):
