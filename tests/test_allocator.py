@@ -95,6 +95,7 @@ def test_prefer_tcmalloc_and_the_opt_out(tmp_path):
   assert _prefer(tmp_path, {allocator.ENV: "system"}) == "system"
 
 
+@pytest.mark.slow
 def test_main_logs_its_malloc(tmp_path):
   p = run_main(str(tmp_path / "w"), "progress_bar=False", "total_steps=2", "log_every_steps=1",
                "eval_every_steps=2", "batch_size=64", "eval_batch_size=40",

@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from vitjax.config import default_config
@@ -21,6 +22,7 @@ def test_rollout_hand_computed():
   assert m.shape == (2, 2, 2) and m[1, 0, 1] == (25 + 2) / 100
 
 
+@pytest.mark.slow
 def test_tool_writes_maps_of_a_trained_run(tmp_path):
   c = default_config()
   c.model.update(depth=2, hidden_size=16, mlp_dim=32, num_heads=2)

@@ -204,6 +204,7 @@ def test_cutmix_box_hand_computed():
     assert float(mask.sum()) == (box[1] - box[0]) * (box[3] - box[2])
 
 
+@pytest.mark.slow
 def test_per_sample_vs_per_batch_and_switch():
   images, targets = _batch(b=8)
   _, _, lam_b = _mix(jax.random.PRNGKey(1), images, targets, mixup_alpha=1.0,

@@ -239,6 +239,7 @@ def test_efficientnet_bad_sizes():
 # ---------------------------------------------------------------------------
 # Training through the trainer.
 
+@pytest.mark.slow
 def test_resnet_digits_config_trains_and_updates_batch_stats(tmp_path):
   """configs/resnet_digits.py, shrunk (one block a stage, width 8, 8x8
   input, 60 steps), clearly beats chance (10%) and moves the BN statistics."""

@@ -10,6 +10,7 @@ from conftest import ROOT
 nbclient = pytest.importorskip("nbclient")
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_executes(tmp_path):
   nb = nbformat.read(os.path.join(ROOT, "colabs", "quickstart.ipynb"), as_version=4)
   params = nb.cells[1]

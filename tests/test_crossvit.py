@@ -58,6 +58,7 @@ def test_resize_matrix_rows_sum_to_one():
   assert m.shape == (224, 240)
 
 
+@pytest.mark.slow
 def test_outputs_drop_path_and_training():
   m = CrossViT(**TINY, drop_path_rate=0.3)
   x = jax.random.normal(jax.random.PRNGKey(0), (8, 24, 24, 3))

@@ -39,6 +39,7 @@ def test_param_counts_match_paper(name):
   assert "batch_stats" in shapes
 
 
+@pytest.mark.slow
 def test_outputs_batch_stats_and_bad_size():
   m = ConvolutionalVisionTransformer(**TINY, drop_path_rate=0.3, head_zero_init=False)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))

@@ -76,6 +76,7 @@ def test_set_loss_matches_hf(torch, transformers, class_loss):
   assert abs(total - ref_total) <= 1e-5 * max(1, abs(ref_total))
 
 
+@pytest.mark.slow
 def test_empty_images_give_no_object_loss_only():
   logits, boxes, labels, tboxes, valid = _random_case(2, counts=(0, 0, 0))
   total, parts = _ours(logits, boxes, labels, tboxes, valid, "softmax_ce")
@@ -224,6 +225,7 @@ def test_tfds_coco_layout_mock():
 # The picture tool.
 
 
+@pytest.mark.slow
 def test_detect_tool_draws_boxes(tmp_path, monkeypatch):
   from vitjax.models import create_model  # pylint: disable=g-import-not-at-top
   from vitjax.tools import detect  # pylint: disable=g-import-not-at-top

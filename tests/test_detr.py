@@ -63,6 +63,7 @@ def test_matches_hf_detr(torch, transformers):
   assert dl <= 1e-4 and db <= 1e-4 and da <= 1e-4, (dl, db, da)
 
 
+@pytest.mark.slow
 def test_tiny_forward_and_bad_config():
   model = create_model("detr_tiny", aux_loss=False)
   v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))

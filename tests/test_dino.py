@@ -106,6 +106,7 @@ def test_weight_norm_last_layer_has_unit_columns_and_ignores_scale():
   np.testing.assert_allclose(y, x @ (k / jnp.linalg.norm(k, axis=0)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_multicrop_shapes_and_identity_crop():
   task = _task(num_local_crops=3)
   images = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
@@ -174,6 +175,7 @@ def _task_state(workdir, step):
   return restored["task_state"]
 
 
+@pytest.mark.slow
 def test_three_steps_through_main_and_exact_resume_with_task_state(tmp_path):
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
   run_main(straight, "total_steps=3", *FAST, config="configs/dino_digits.py")

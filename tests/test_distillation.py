@@ -54,6 +54,7 @@ class _Info:
 
 
 @pytest.mark.parametrize("kind", ["hard", "soft"])
+@pytest.mark.slow
 def test_loss_matches_hand_computation(teacher, kind):
   c = _student(teacher, kind)
   model = build_model(c, 10)
@@ -79,6 +80,7 @@ def test_loss_matches_hand_computation(teacher, kind):
   assert float(metrics["distill_loss"]) > 0
 
 
+@pytest.mark.slow
 def test_distillation_run_end_to_end(teacher, tmp_path):
   final = train_and_evaluate(_student(teacher, "hard"), str(tmp_path / "s"))
   assert np.isfinite(final["eval/loss"])
@@ -86,6 +88,7 @@ def test_distillation_run_end_to_end(teacher, tmp_path):
   assert any("train/teacher_agreement" in l for l in lines)
 
 
+@pytest.mark.slow
 def test_bad_teacher_settings(teacher, tmp_path):
   c = _student(teacher, "hard")
   c.task_kwargs.kind = "medium"

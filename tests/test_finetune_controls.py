@@ -50,6 +50,7 @@ def _max_diff(a, b):
              zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_large_batch():
   """SGD with momentum (an update linear in the gradient, so the comparison
   measures the gradients themselves; Adam's g / sqrt(v) would amplify float
@@ -95,6 +96,7 @@ def test_layer_ids_follow_forward_order():
       "kernel"] == 0.5 ** 4 and scales["patch_embed"]["proj"]["kernel"] == 0.5 ** 5
 
 
+@pytest.mark.slow
 def test_layer_decay_scales_the_sgd_update():
   """With SGD (no momentum, no decay) the update of block l is exactly
   decay^(L + 1 - l) times the update without layer decay."""
@@ -111,6 +113,7 @@ def test_layer_decay_scales_the_sgd_update():
   assert float(jnp.abs(delta(ref, "block_0")).max()) > 1e-3
 
 
+@pytest.mark.slow
 def test_freeze_and_progressive_unfreeze():
   s, step = _setup(dict(freeze=("^patch_embed/",), unfreeze=((2, "^block_[01]/"),)))
   p0 = s.params
@@ -127,6 +130,7 @@ def test_freeze_and_progressive_unfreeze():
                                 p0["patch_embed"]["proj"]["kernel"])  # frozen for good
 
 
+@pytest.mark.slow
 def test_ema_tracks_params():
   s, step = _setup(ema=0.5)
   p0 = s.params
@@ -162,6 +166,7 @@ def test_bad_settings_are_user_errors(tmp_path):
     train_and_evaluate(c, str(tmp_path / "w2"))
 
 
+@pytest.mark.slow
 def test_bf16_compute_with_fp32_params():
   c = default_config()
   c.model_name = "vit_tiny_patch16_224"

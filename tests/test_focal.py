@@ -177,6 +177,7 @@ def test_attention_matches_brute_force(wy, wx):
 # ---------------------------------------------------------------------------
 # Model: stages, training, bad inputs.
 
+@pytest.mark.slow
 def test_stages_flops_and_drop_path():
   m = FocalTransformer(**dict(TINY, embed_dim=64), drop_path_rate=0.3)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))

@@ -99,6 +99,7 @@ def test_pipeline_geometry_locates_the_crop():
 TEACHER = ("model.patch_size=2",)  # 16 px / patch 2: an 8x8 score map
 
 
+@pytest.mark.slow
 def test_label_maps_written_and_used_for_training(tmp_path):
   teacher_dir, maps_dir = str(tmp_path / "teacher"), str(tmp_path / "maps")
   run_main(teacher_dir, *FAST, *TEACHER, "total_steps=2", "model.head_zero_init=False")

@@ -182,6 +182,7 @@ def _teacher_workdir(tmp_path, x):
   return teacher, params
 
 
+@pytest.mark.slow
 def test_token_labeling_trains_from_a_tiny_teacher(tmp_path):
   x = np.random.RandomState(0).randn(4, 16, 16, 3).astype(np.float32)
   y = np.array([0, 1, 2, 1])

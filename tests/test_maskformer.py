@@ -43,6 +43,7 @@ SMALL = dict(backbone="resnet18", stage_norms=False,
              backbone_kwargs=dict(stage_depths=(1, 1), width=8, small_stem=False))
 
 
+@pytest.mark.slow
 def test_outputs_and_dropout():
   m = create_model("maskformer_tiny", num_classes=3, dropout=0.5, **SMALL)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 64, 3))
@@ -65,6 +66,7 @@ def test_bad_config_refused():
     create_model("maskformer_tiny", hidden_dim=66)
 
 
+@pytest.mark.slow
 def test_hf_parity(torch, transformers):
   bc = transformers.SwinConfig(embed_dim=16, depths=[1, 2, 1, 1], num_heads=[1, 2, 2, 4],
                                window_size=2, image_size=64,

@@ -47,6 +47,7 @@ def test_unfold_fold_roundtrip():
 
 
 @pytest.mark.parametrize("case", ["classifier", "bare"])
+@pytest.mark.slow
 def test_hf_mobilevit_parity(torch, transformers, case):
   """A tiny classifier (expansion 2, 2 heads, depths from HF's fixed 2/4/3)
   and a bare MobileViTModel with other widths and mlp ratio, at 64x64."""
@@ -176,6 +177,7 @@ def test_mobilevitv2_bad_inputs():
     hf_mobilevitv2_to_vitjax({"x": np.zeros(1)}, None)
 
 
+@pytest.mark.slow
 def test_train_mode_updates_batch_stats():
   """train=True on a tiny v2 (the v1 blocks are shared): BatchNorm statistics
   move, dropout / drop path make outputs depend on the rng. Parameters are

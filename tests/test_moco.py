@@ -37,6 +37,7 @@ def _task(freeze=(), **task_kwargs):
                     create_model("moco_v3_vit_quickstart", **TINY))
 
 
+@pytest.mark.slow
 def test_infonce_hand_computed():
   # Orthogonal unit keys; query 0 aligned with key 0, query 1 halfway between.
   q = jnp.array([[1.0, 0.0], [1.0, 1.0]])
@@ -57,6 +58,7 @@ def test_infonce_hand_computed():
                              contrastive_loss(r[1], r[2], 0.2), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_momentum_encoder_ema_without_predictor_and_schedule():
   task = _task(momentum=0.99)
   model = create_model("moco_v3_vit_quickstart", **TINY)
@@ -116,6 +118,7 @@ FAST = ("model.depth=1", "model.hidden_size=16", "model.mlp_dim=32", "model.num_
         "task_kwargs.random_patch_projection=True", "optimizer.freeze=('^patch_embed/',)")
 
 
+@pytest.mark.slow
 def test_three_steps_through_main_resume_and_frozen_patch_projection(tmp_path):
   wd = str(tmp_path / "moco")
   run_main(wd, "total_steps=2", *FAST, config="configs/moco_v3_digits.py")

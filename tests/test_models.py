@@ -48,6 +48,7 @@ def tiny(**kw):
   return create_model("vit_tiny_patch16_224", **kw)
 
 
+@pytest.mark.slow
 def test_deit_logits_are_mean_of_two_heads():
   m = tiny(distilled=True, head_zero_init=False)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
@@ -60,6 +61,7 @@ def test_deit_logits_are_mean_of_two_heads():
 
 @pytest.mark.parametrize("pool,posemb,fc_norm", [("cls", "learn", False), ("gap", "sincos2d", False),
                                                   ("gap", "learn", True)])
+@pytest.mark.slow
 def test_variants_run_and_expose_intermediates(pool, posemb, fc_norm):
   m = tiny(pool=pool, posemb=posemb, fc_norm=fc_norm)
   x = jnp.ones((2, 16, 16, 3))
@@ -85,6 +87,7 @@ def test_indivisible_input_is_floored():
     m.init(jax.random.PRNGKey(0), jnp.ones((1, 3, 18, 3)))
 
 
+@pytest.mark.slow
 def test_dropout_and_drop_path_only_in_training():
   m = tiny(dropout=0.2, drop_path_rate=0.5, head_zero_init=False)
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
@@ -107,6 +110,7 @@ def test_drop_path_drops_whole_samples_and_keeps_expectation():
   assert abs(per_sample.mean() - 1.0) < 0.05
 
 
+@pytest.mark.slow
 def test_remat_gives_same_outputs_and_grads():
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
   m1, m2 = tiny(head_zero_init=False), tiny(head_zero_init=False, remat=True)
@@ -136,6 +140,7 @@ def test_resample_posemb_keeps_prefix_and_is_exact_for_linear_ramp():
   assert np.all(np.diff(g[:, 0, 0]) >= 0)
 
 
+@pytest.mark.slow
 def test_finetune_at_higher_resolution_with_resampled_posemb():
   m = tiny()
   v = m.init(jax.random.PRNGKey(0), jnp.ones((1, 16, 16, 3)))

@@ -166,6 +166,7 @@ def test_task_and_dataset_must_agree():
     ml.MultiLabelTask(c, multi, None)
 
 
+@pytest.mark.slow
 def test_train_multilabel_digits(tmp_path):
   """A short run (about a minute on a quiet 2-core machine) reaches mAP > 0.8."""
   run_main(str(tmp_path), "total_steps=400", "eval_every_steps=400",

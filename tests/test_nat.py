@@ -202,6 +202,7 @@ TINY = dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2), kernel_size=3,
             drop_path_rate=0.1, num_classes=3)
 
 
+@pytest.mark.slow
 def test_tiny_outputs_and_training():
   model = NAT(**TINY)
   x = jax.random.normal(jax.random.PRNGKey(0), (8, 32, 32, 3))

@@ -65,6 +65,7 @@ def test_pool_features():
     evaluators.pool_features(Model(), out, "max")
 
 
+@pytest.mark.slow
 def test_probe_tool_on_a_workdir(tmp_path):
   """A workdir's config.json (an MAE on the digits) -> features -> kNN + linear."""
   from vitjax.tools.probe import load_run  # pylint: disable=g-import-not-at-top

@@ -20,6 +20,7 @@ def _tiny(**kw):
   return m, x
 
 
+@pytest.mark.slow
 def test_default_head_counts_change_nothing():
   m, x = _tiny()
   v = m.init(jax.random.PRNGKey(1), x)
@@ -48,6 +49,7 @@ def test_pruned_model_equals_masked_heads():
                              m.apply({"params": masked}, x)[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_importance_is_the_head_mask_gradient():
   m, x = _tiny()
   params = m.init(jax.random.PRNGKey(1), x)["params"]
@@ -86,6 +88,7 @@ def test_bad_head_counts_refused():
     m.init(jax.random.PRNGKey(0), x)
 
 
+@pytest.mark.slow
 def test_tool_and_recovery_finetune(tmp_path):
   from vitjax.config import default_config  # pylint: disable=g-import-not-at-top
   from vitjax.tools.probe import load_run  # pylint: disable=g-import-not-at-top

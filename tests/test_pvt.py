@@ -43,6 +43,7 @@ def test_adaptive_pool_matrix():
   assert up.tolist()[3] == [0.5, 0.5] and up[0].tolist() == [1.0, 0.0]
 
 
+@pytest.mark.slow
 def test_v2_outputs_and_drop_path():
   m = PyramidVisionTransformerV2(**TINY_V2, drop_path_rate=0.3, head_zero_init=False)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
@@ -61,6 +62,7 @@ def test_v2_outputs_and_drop_path():
   assert not np.allclose(train0, train1)  # stochastic depth is active
 
 
+@pytest.mark.slow
 def test_v1_outputs_and_bad_size():
   m = PyramidVisionTransformer(embed_dims=(8, 16), depths=(1, 1), num_heads=(1, 2),
                                mlp_ratios=(2, 2), sr_ratios=(2, 1), patch_sizes=(4, 2),

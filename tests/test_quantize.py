@@ -37,6 +37,7 @@ def test_conv_kernels_scale_per_output_channel():
   np.testing.assert_allclose(k["scale"], np.abs(w).max((0, 1, 2)) / 127, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_quantized_accuracy_of_a_trained_run(tmp_path):
   from vitjax.tools.quantize import quantized_accuracy  # pylint: disable=g-import-not-at-top
   c = default_config()

@@ -40,6 +40,7 @@ def _losses(scan_blocks, **kw):
   return losses, temp
 
 
+@pytest.mark.slow
 def test_remat_same_losses():
   losses, temp = _losses(False, drop_path_rate=0.2, dropout=0.1)
   # Same forward and gradients: the first loss agrees to 1e-6; after Adam
@@ -49,6 +50,7 @@ def test_remat_same_losses():
   assert temp[True] > 0 and temp[False] > 0
 
 
+@pytest.mark.slow
 def test_scan_remat_same_losses_less_memory():
   losses, temp = _losses(True, drop_path_rate=0.2, dropout=0.1)
   np.testing.assert_allclose(losses[True][0], losses[False][0], atol=1e-6)
@@ -57,6 +59,7 @@ def test_scan_remat_same_losses_less_memory():
   assert temp[True] < 0.9 * temp[False], temp
 
 
+@pytest.mark.slow
 def test_scan_blocks_same_function_as_unrolled():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
   scan = create_model("vit_quickstart", scan_blocks=True, **KW)

@@ -48,6 +48,7 @@ TINY = dict(embed_dims=(8, 16), depths=(1, 2), num_heads=(1, 2), mlp_ratios=(2, 
             num_classes=3)
 
 
+@pytest.mark.slow
 def test_outputs_batch_stats_and_dropout():
   m = SegFormer(**TINY, drop_path_rate=0.2, dropout=0.5)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))

@@ -36,6 +36,7 @@ def _workdir(tmp_path, config_name):
 
 
 @pytest.mark.parametrize("name,mode", [("maskformer", "panoptic"), ("segformer", "semantic")])
+@pytest.mark.slow
 def test_writes_overlay_png(tmp_path, name, mode):
   wd = _workdir(tmp_path, name)
   paths = segment.run(wd, str(tmp_path / "out"), split="test", num=2, mode=mode, display=64,

@@ -45,6 +45,7 @@ def test_l1_only_on_masked_pixels():
     ("vit_quickstart", TINY_VIT, 16, 4),
     ("swin_tiny_patch4_window7_224", dict(TINY_SWIN, patch_size=2, mask_patch_size=None), 16, 8),
 ])
+@pytest.mark.slow
 def test_backbone_mask_argument(name, kw, size, grid):
   kw = {k: v for k, v in kw.items() if k != "mask_patch_size"}
   model = create_model(name, num_classes=3, **kw)
@@ -109,6 +110,7 @@ def test_bad_mask_patch_refused_at_startup(tmp_path):
   assert p.returncode != 0 and "does not divide the image size 16" in p.stderr
 
 
+@pytest.mark.slow
 def test_three_steps_and_pictures(tmp_path):
   from vitjax.tools import ssl_pictures  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top

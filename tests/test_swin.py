@@ -126,6 +126,7 @@ def test_any_size_is_padded():
   assert v["params"]["stage_1_block_0"]["attn"]["relative_position_bias_table"].shape == (9, 4)
 
 
+@pytest.mark.slow
 def test_v2_runs_at_another_window_size():
   m4 = SwinTransformer(**dict(TINY, window_size=4), version=2, head_zero_init=False)
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 32, 32, 3))
@@ -139,6 +140,7 @@ def test_v2_runs_at_another_window_size():
   assert np.isfinite(b).all() and not np.allclose(a, b)
 
 
+@pytest.mark.slow
 def test_fine_tune_to_another_window_resamples_bias_tables():
   """init_from a window-4 checkpoint into a window-8 model (and 32 -> 64 px):
   every v1 bias table is resampled from 7x7 to 15x15, the rest copied."""
@@ -274,6 +276,7 @@ def test_swin_tiny_config_builds():
     assert c.model_name == name and c.input.image_size == size
 
 
+@pytest.mark.slow
 def test_swin_digits_trains(tmp_path):
   from vitjax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   c = _load_config("swin_digits")

@@ -43,6 +43,7 @@ def test_size_weighted_merge_keeps_total_size():
   assert float(size.max()) > 1
 
 
+@pytest.mark.slow
 def test_r_zero_is_the_plain_model_and_merging_runs():
   kw = dict(patch_size=4, hidden_size=32, depth=3, mlp_dim=64, num_heads=2, num_classes=5,
             head_zero_init=False)

@@ -22,6 +22,7 @@ def last(workdir, key):
   return [r[key] for r in read_metrics(workdir) if key in r][-1]
 
 
+@pytest.mark.slow
 def test_quickstart_short_run_learns_and_writes_metrics(tmp_path):
   wd = str(tmp_path / "wd")
   p = run_main(wd, "progress_bar=False", "total_steps=150", "log_every_steps=10", "eval_every_steps=75",
@@ -37,6 +38,7 @@ def test_quickstart_short_run_learns_and_writes_metrics(tmp_path):
   assert any("train/compile_time_s" in r for r in recs)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(tmp_path):
   common = ("progress_bar=False", "total_steps=20", "log_every_steps=1",
             "eval_every_steps=20", "batch_size=64", "eval_batch_size=40")  # the quickstart model
@@ -49,6 +51,7 @@ def test_eight_devices_match_one_device(tmp_path):
   assert a[20] != a[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_single_process(tmp_path):
   common = ("progress_bar=False", "total_steps=20", "log_every_steps=1",
             "eval_every_steps=20", "batch_size=64", "eval_batch_size=40")  # the quickstart model
@@ -98,6 +101,7 @@ RESUME = FAST + ("total_steps=40", "log_every_steps=1", "eval_every_steps=20",
                  "checkpoint_every_steps=5", "model.drop_path_rate=0.1")
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
   ref = str(tmp_path / "ref")
   run_main(ref, *RESUME)
@@ -116,6 +120,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
   assert last(ref, "eval/loss") == pytest.approx(last(wd, "eval/loss"), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
   wd = str(tmp_path / "wd")
   overrides = RESUME[:-2] + ("checkpoint_every_steps=1000",)
@@ -166,6 +171,7 @@ def test_tfds_dataset_not_downloaded(tmp_path):
   assert "cifar100" in err and "tfds build" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_naming_step_and_keeps_checkpoint(tmp_path):
   wd = str(tmp_path / "wd")
   run_main(wd, *FAST, "total_steps=10", "checkpoint_every_steps=10", "log_every_steps=5")
@@ -183,6 +189,7 @@ def test_nan_loss_stops_naming_step_and_keeps_checkpoint(tmp_path):
   assert max(saved) <= step   # nothing saved from after the divergence
 
 
+@pytest.mark.slow
 def test_workdir_of_another_model_is_refused_and_untouched(tmp_path):
   wd = str(tmp_path / "wd")
   run_main(wd, *FAST, "total_steps=5", "checkpoint_every_steps=5")
@@ -198,6 +205,7 @@ def test_workdir_of_another_model_is_refused_and_untouched(tmp_path):
   assert (sorted(os.listdir(wd)), open(os.path.join(wd, "metrics.jsonl")).read()) == snapshot
 
 
+@pytest.mark.slow
 def test_finetune_from_checkpoint_replaces_head_on_imagefolder(tmp_path):
   """The seed recipe: pretrain, then load, replace the head, smaller LR, evaluate each epoch."""
   from PIL import Image

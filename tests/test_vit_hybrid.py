@@ -52,6 +52,7 @@ def test_param_counts_match_timm_and_cards(name):
   assert abs(got / 1e6 - PUBLISHED[name]) / PUBLISHED[name] < 0.01, (name, got)
 
 
+@pytest.mark.slow
 def test_outputs_and_training():
   m = HybridVisionTransformer(**TINY, drop_path_rate=0.2)
   x = jax.random.normal(jax.random.PRNGKey(0), (8, 32, 32, 3))
