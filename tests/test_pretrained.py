@@ -317,6 +317,7 @@ def _assert_refused(config, workdir, match):
     train_lib.train_and_evaluate(config, workdir)
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
   assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+  assert not os.path.exists(os.path.join(workdir, "config.json"))  # a corrected rerun may start
   return str(e.value)
 
 

@@ -240,7 +240,12 @@ def _check_workdir_config(config, workdir):
       raise UserError(
           f"The workdir {workdir} holds a run of {old}, but this config is {mine}. "
           "Use a new --workdir (nothing in this one was changed).")
-  elif jax.process_index() == 0:
+
+
+def _write_workdir_config(config, workdir):
+  """config.json of a new run, once its state was built (a refused start writes nothing)."""
+  path = os.path.join(workdir, "config.json")
+  if jax.process_index() == 0 and not os.path.exists(path):
     with open(path, "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
@@ -380,6 +385,7 @@ def train_and_evaluate(config, workdir: str):
   task, info, total_steps = run.task, run.info, run.total_steps
   repl = shard_lib.replicated(mesh)
   state = run.init_state()
+  _write_workdir_config(config, workdir)
 
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
   restored = checkpointer.restore(state)
