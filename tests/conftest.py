@@ -25,6 +25,12 @@ def run_main(workdir, *overrides, config="configs/quickstart.py", devices=1, env
   return p
 
 
+def vitjax_models():
+  """Registered model names built by vitjax itself (tests may register their own)."""
+  from vitjax.models import create_model, list_models  # pylint: disable=g-import-not-at-top
+  return [n for n in list_models() if type(create_model(n)).__module__.startswith("vitjax.")]
+
+
 def free_port() -> int:
   """A free TCP port on 127.0.0.1 (a coordinator for multi-process tests)."""
   import socket  # pylint: disable=g-import-not-at-top

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, vitjax_models
 from vitjax import optim
 from vitjax.config import default_config
 from vitjax.errors import UserError
@@ -72,7 +72,7 @@ def _check_levels(name):
 
 
 def test_every_registered_model_is_a_backbone_or_a_dense_head():
-  for name in list_models():
+  for name in vitjax_models():
     m = create_model(name)
     is_head = name.startswith(DENSE_HEADS)
     assert hasattr(m, "feature_levels") != is_head, name
@@ -87,7 +87,7 @@ def test_declared_levels_match_the_outputs(name):
 
 @pytest.mark.slow
 def test_declared_levels_match_the_outputs_for_every_name():
-  for name in list_models():
+  for name in vitjax_models():
     if not name.startswith(DENSE_HEADS):
       _check_levels(name)
       _CACHE.pop(name, None)

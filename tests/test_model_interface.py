@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import vitjax_models
 from vitjax.models import create_model, list_models
 
 # Model class -> (registered name, tiny overrides, input side). Rates are
@@ -123,13 +124,8 @@ def _leaves_are_arrays(tree):
   return all(hasattr(x, "shape") and hasattr(x, "dtype") for x in jax.tree.leaves(tree))
 
 
-def _vitjax_models():
-  """Registered names built by vitjax itself (tests may register their own)."""
-  return [n for n in list_models() if type(create_model(n)).__module__.startswith("vitjax.")]
-
-
 def test_every_model_class_has_a_tiny_row():
-  classes = {type(create_model(n)).__name__ for n in _vitjax_models()}
+  classes = {type(create_model(n)).__name__ for n in vitjax_models()}
   assert classes == set(TINY), f"missing: {classes - set(TINY)}, stale: {set(TINY) - classes}"
   for cls_name, (name, _, _) in TINY.items():
     assert type(create_model(name)).__name__ == cls_name, name
@@ -250,7 +246,7 @@ EXACT = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", _vitjax_models())
+@pytest.mark.parametrize("name", vitjax_models())
 def test_every_registered_model_at_its_input_size(name):
   """Shapes only, at the model's own size: (logits [B, ...], out dict); the
   exact parameter count where EXACT pins one."""
