@@ -25,6 +25,22 @@ def run_main(workdir, *overrides, config="configs/quickstart.py", devices=1, env
   return p
 
 
+def tiny_digits_config(**fields):
+  """A 4-step run of a one-block ViT on 8 px digits (a finished run for tool tests);
+  `fields` override top-level config fields (seed=..., ema_decay=...)."""
+  from vitjax.config import default_config  # pylint: disable=g-import-not-at-top
+  c = default_config()
+  c.model.update(hidden_size=16, depth=1, num_heads=2, mlp_dim=16, patch_size=4)
+  c.input.update(image_size=8, train_augment="none", flip=False)
+  c.batch_size, c.eval_batch_size = 32, 120
+  c.total_steps = 4
+  c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = 4
+  c.optimizer.update(learning_rate=3e-2, warmup_steps=0)
+  c.progress_bar = False
+  c.update(fields)
+  return c
+
+
 def vitjax_models():
   """Registered model names built by vitjax itself (tests may register their own)."""
   from vitjax.models import create_model, list_models  # pylint: disable=g-import-not-at-top

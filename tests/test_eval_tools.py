@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
-from vitjax.config import default_config
+from conftest import ROOT, tiny_digits_config
 from vitjax.errors import UserError
 from vitjax.metric_writer import read_metrics
 from vitjax.tools import evaluate, predict
@@ -27,15 +26,7 @@ from vitjax.train import train_and_evaluate
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-  c = default_config()
-  c.model.update(hidden_size=16, depth=1, num_heads=2, mlp_dim=16, patch_size=4)
-  c.input.update(image_size=8, train_augment="none", flip=False)
-  c.batch_size, c.eval_batch_size = 32, 120
-  c.total_steps = 4
-  c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = 4
-  c.optimizer.update(learning_rate=3e-2, warmup_steps=0)
-  c.seed = 3
-  c.progress_bar = False
+  c = tiny_digits_config(seed=3)
   wd = str(tmp_path_factory.mktemp("run"))
   final = train_and_evaluate(c, wd)
   return wd, final

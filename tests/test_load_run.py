@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import tiny_digits_config
 from vitjax import runs
 from vitjax.config import default_config
 from vitjax.errors import UserError
@@ -16,16 +17,8 @@ from vitjax.train import train_and_evaluate
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   """A tiny ViT trained 4 steps on the digits, EMA kept, checkpoints at steps 2 and 4."""
-  c = default_config()
-  c.model.update(hidden_size=16, depth=1, num_heads=2, mlp_dim=16, patch_size=4)
-  c.input.update(image_size=8, train_augment="none", flip=False)
-  c.batch_size, c.eval_batch_size = 32, 120
-  c.total_steps = 4
+  c = tiny_digits_config(ema_decay=0.5, seed=7)
   c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
-  c.optimizer.update(learning_rate=3e-2, warmup_steps=0)
-  c.ema_decay = 0.5
-  c.seed = 7
-  c.progress_bar = False
   wd = str(tmp_path_factory.mktemp("run"))
   final = train_and_evaluate(c, wd)
   return wd, c, final
