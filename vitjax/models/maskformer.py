@@ -32,7 +32,6 @@ MaskFormer-Swin pads instead of clamping the window, see swin.py).
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -34,7 +34,7 @@ MobileViT v2 (Mehta & Rastegari 2022, "Separable Self-attention for Mobile
 Vision Transformers") is `MobileViTV2` below.
 """
 
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Callable, Tuple
 
 import flax.linen as nn
 import jax

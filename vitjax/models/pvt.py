@@ -48,7 +48,7 @@ Weights: vitjax.convert.pvt imports HF `PvtForImageClassification` (v1) and
 `PvtV2ForImageClassification` (v2).
 """
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax

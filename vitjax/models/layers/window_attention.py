@@ -19,7 +19,7 @@ over the grid of windows, tokens row-major inside a window.
 """
 
 import math
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
