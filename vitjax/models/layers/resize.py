@@ -51,21 +51,21 @@ def bilinear_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
   return m
 
 
-def resize_bilinear_torch(x, size):
-  """Resizes NHWC `x` to `size` = (h, w) as PyTorch's bilinear interpolate."""
+def _separable_resize(x, size, matrix):
+  """NHWC `x` -> `size` = (h, w) by one interpolation matrix per axis."""
   h, w = size
   if x.shape[1:3] == (h, w):
     return x
-  mh = jnp.asarray(bilinear_resize_matrix(x.shape[1], h), x.dtype)
-  mw = jnp.asarray(bilinear_resize_matrix(x.shape[2], w), x.dtype)
+  mh = jnp.asarray(matrix(x.shape[1], h), x.dtype)
+  mw = jnp.asarray(matrix(x.shape[2], w), x.dtype)
   return jnp.einsum("ph,bhwc,qw->bpqc", mh, x, mw)
+
+
+def resize_bilinear_torch(x, size):
+  """Resizes NHWC `x` to `size` = (h, w) as PyTorch's bilinear interpolate."""
+  return _separable_resize(x, size, bilinear_resize_matrix)
 
 
 def resize_bicubic_torch(x, size):
   """Resizes NHWC `x` to `size` = (h, w) as PyTorch's bicubic interpolate."""
-  h, w = size
-  if x.shape[1:3] == (h, w):
-    return x
-  mh = jnp.asarray(bicubic_resize_matrix(x.shape[1], h), x.dtype)
-  mw = jnp.asarray(bicubic_resize_matrix(x.shape[2], w), x.dtype)
-  return jnp.einsum("ph,bhwc,qw->bpqc", mh, x, mw)
+  return _separable_resize(x, size, bicubic_resize_matrix)
